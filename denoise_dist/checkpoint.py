@@ -1,0 +1,147 @@
+"""Atomic, verified checkpoints and automatic resume.
+
+A checkpoint is a folder `checkpoints/step_XXXXXXXX/` holding `accelerator.save_state`'s
+files, our `train_state.json`, and last a `manifest.json` with each file's size and
+SHA-256. It is written under a `.partial` name and renamed into place only when complete,
+so a kill at any moment leaves the previous checkpoints untouched. On resume a checkpoint
+whose manifest is missing or does not match is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+from denoise_dist.atomic import atomic_write_text, fsync_dir
+from denoise_dist.config import Config, diff
+from denoise_dist.errors import CheckpointError
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "train_state.json"
+MANIFEST = "manifest.json"
+NAME = re.compile(r"^step_(\d{8})$")
+# Fields that may change between a run and its resume without changing what is trained.
+RESUMABLE_FIELDS = frozenset({
+    "data_dir", "download", "eval_sigmas", "max_steps", "epochs", "eval_every", "log_every",
+    "output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "debug",
+    "cpu", "mixed_precision", "dist_timeout", "report_to", "wandb_mode", "wandb_project", "wandb_entity",
+    "run_name",
+})
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / CHECKPOINTS / f"step_{step:08d}"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete-looking checkpoint folders, newest first."""
+    root = run_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and NAME.match(p.name)]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: Path) -> None:
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
+    entries = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
+               for p in files}
+    atomic_write_text(folder / MANIFEST, json.dumps(entries, indent=1, sort_keys=True))
+
+
+def verify(folder: Path) -> str | None:
+    """None if the checkpoint matches its manifest, else what is wrong with it."""
+    try:
+        entries = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return "missing or unreadable manifest"
+    for name, expected in entries.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, manifest says {expected['size']}"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} does not match its checksum"
+    if STATE_FILE not in entries:
+        return f"{STATE_FILE} is missing"
+    return None
+
+
+def latest_valid(run_dir: Path) -> Path | None:
+    """Newest checkpoint that verifies; warns about each bad one it skips."""
+    for folder in list_checkpoints(run_dir):
+        problem = verify(folder)
+        if problem is None:
+            return folder
+        warnings.warn(f"skipping corrupt checkpoint {folder}: {problem}", stacklevel=2)
+    return None
+
+
+def read_state(folder: Path) -> dict:
+    return json.loads((folder / STATE_FILE).read_text())
+
+
+def check_compatible(saved: Config, current: Config, where: Path) -> None:
+    changed = diff(saved, current, ignore=RESUMABLE_FIELDS)
+    if changed:
+        raise CheckpointError(
+            f"{where} was trained with a different config ({'; '.join(changed)}); use "
+            f"another --output-dir, or --overwrite to replace it")
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:
+    """Save on all ranks together; rename into place only once every file is on disk."""
+    final = checkpoint_dir(run_dir, step)
+    partial = final.with_name(final.name + ".partial")
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.parent.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
+            write_manifest(partial)  # last: its presence means the rest is complete
+            if final.exists():  # same step saved again (e.g. a resumed run's last step)
+                shutil.rmtree(final)
+            partial.rename(final)
+            fsync_dir(final.parent)
+            prune(run_dir, keep)
+    except OSError as e:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        previous = [p.name for p in list_checkpoints(run_dir) if p != final]
+        raise CheckpointError(
+            f"checkpoint at step {step} failed ({e.strerror or e}); stopping so as not to "
+            f"train without checkpoints. Last good checkpoint: "
+            f"{previous[0] if previous else 'none'}") from None
+    accelerator.wait_for_everyone()
+    return final
+
+
+def prune(run_dir: Path, keep: int) -> None:
+    for old in list_checkpoints(run_dir)[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(accelerator, folder: Path) -> dict:
+    """Restore model, optimizer and RNG states in place; return our training state."""
+    problem = verify(folder)
+    if problem:
+        raise CheckpointError(f"cannot resume from {folder}: {problem}")
+    accelerator.load_state(str(folder))
+    return read_state(folder)

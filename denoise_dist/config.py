@@ -1,0 +1,310 @@
+"""Typed run configuration: dataclass defaults, overlaid by a YAML file, then by CLI flags.
+
+Each pipeline stage owns a small dataclass. Field names are unique across sections, so
+every field is also a flat CLI flag (`batch_size` -> `--batch-size`) and a flat YAML key.
+A YAML file may use either flat keys or the section form (`optim: {lr: 0.001}`).
+All checks live in `validate`; any problem raises `ConfigError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from denoise_dist.errors import ConfigError
+
+DATASETS = ("mnist", "fashion_mnist", "kmnist")
+NOISES = ("gaussian", "gaussian_blind", "salt_pepper", "poisson_gaussian")
+MODELS = ("seed_ae", "conv_ae", "unet")
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("no", "fp16", "bf16")
+REPORT_TO = ("none", "wandb")
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+
+
+def doc(text: str, **kw) -> Any:
+    """A dataclass field whose help text is also its CLI help."""
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = doc("Dataset name: mnist, fashion_mnist or kmnist.", default="mnist")
+    data_dir: Optional[str] = doc(
+        "Data root. Default: $DENOISE_DIST_DATA, else ./data.", default=None)
+    val_size: int = doc("Training images held out for validation.", default=5000)
+    download: bool = doc("Download the dataset if it is missing (needs network).", default=True)
+
+
+@dataclass
+class NoiseConfig:
+    noise: str = doc("Noise model: gaussian, gaussian_blind, salt_pepper or poisson_gaussian.",
+                     default="gaussian")
+    sigma: float = doc("Gaussian std on the [0,1] pixel scale (also the read noise of "
+                       "poisson_gaussian).", default=0.5)
+    sigma_min: float = doc("Lowest per-image sigma for gaussian_blind.", default=0.1)
+    sigma_max: float = doc("Highest per-image sigma for gaussian_blind.", default=0.7)
+    salt_pepper: float = doc("Fraction of pixels flipped to 0 or 1 by salt_pepper.", default=0.2)
+    photons: float = doc("Photon count at full brightness for poisson_gaussian.", default=20.0)
+    eval_sigmas: tuple[float, ...] = doc(
+        "Extra sigmas to report validation PSNR/SSIM at (Gaussian noise).", default=())
+    eval_seed: int = doc("Seed of the fixed noisy evaluation sets (same for every run).",
+                         default=1234)
+
+
+@dataclass
+class ModelConfig:
+    model: str = doc("Model: unet (best), conv_ae, or seed_ae (the original report's).",
+                     default="unet")
+    width: int = doc("Channels of the first level (unet, conv_ae); seed_ae ignores it.",
+                     default=32)
+    dropout: float = doc("Dropout on seed_ae's linear code.", default=0.2)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = doc("Adam learning rate (not scaled with the world size).", default=2e-3)
+    weight_decay: float = doc("Adam weight decay.", default=0.0)
+    schedule: str = doc("Learning-rate schedule: constant or cosine.", default="constant")
+    warmup_steps: int = doc("Linear warmup steps.", default=0)
+    grad_clip: float = doc("Clip the gradient norm to this (0 disables).", default=1.0)
+    grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=1)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = doc("Global batch per optimizer step, split across processes.",
+                          default=128)
+    max_steps: Optional[int] = doc("Optimizer steps to train; overrides --epochs.", default=None)
+    epochs: float = doc("Epochs to train when --max-steps is not set.", default=1.0)
+    eval_every: int = doc("Evaluate on the validation set every N steps (and at the end).",
+                          default=250)
+    log_every: int = doc("Write a metrics.jsonl line every N steps.", default=25)
+    seed: int = doc("Seed for init, data order and noise.", default=0)
+    mixed_precision: str = doc("no, fp16 or bf16.", default="no")
+    cpu: bool = doc("Force the CPU even when a GPU is present.", default=False)
+    output_dir: str = doc("Run folder.", default="runs/default")
+    resume: str = doc("auto (newest valid checkpoint in the run folder), never, or a "
+                      "checkpoint path.", default="auto")
+    overwrite: bool = doc("Delete an existing run folder's contents and start fresh.",
+                          default=False)
+    checkpoint_every: int = doc("Checkpoint every N steps (and at the end).", default=250)
+    keep_checkpoints: int = doc("How many recent checkpoints to keep.", default=2)
+    dist_timeout: int = doc("Seconds a process waits for the others (in a collective) "
+                            "before the job fails.", default=600)
+    debug: bool = doc("Show full tracebacks.", default=False)
+
+
+@dataclass
+class TrackingConfig:
+    report_to: str = doc("Experiment tracker: none or wandb.", default="none")
+    wandb_mode: str = doc("auto (online with an API key and network, else offline), online, "
+                          "offline or disabled.", default="auto")
+    wandb_project: str = doc("W&B project.", default="denoise-dist")
+    wandb_entity: Optional[str] = doc("W&B entity (team or user).", default=None)
+    run_name: Optional[str] = doc("Run name shown by trackers.", default=None)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+
+
+def _section_classes() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {name: hints[name] for name in SECTIONS}
+
+
+def _field_index() -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    """Flat field name -> (section, field, resolved type)."""
+    index = {}
+    for section, cls in _section_classes().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            assert f.name not in index, f"field name {f.name} is not unique"
+            index[f.name] = (section, f, hints[f.name])
+    return index
+
+
+FIELDS = _field_index()
+
+
+def _strip_optional(tp) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _coerce(name: str, value: Any, tp) -> Any:
+    """Check a YAML/CLI value against the field type; ints are accepted for floats."""
+    base, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{name} must not be empty")
+    if typing.get_origin(base) is tuple:
+        items = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(name, v, float) for v in items)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be true or false, got {value!r}")
+    if base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    if base is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name} must be a string, got {value!r}")
+    raise AssertionError(f"unsupported field type {tp}")
+
+
+def overlay(cfg: Config, values: dict, source: str) -> Config:
+    """Apply flat or sectioned overrides; unknown keys are errors."""
+    for key, value in values.items():
+        if key in SECTIONS and isinstance(value, dict):
+            for sub_key, sub_value in value.items():
+                if FIELDS.get(sub_key, (None,))[0] != key:
+                    raise ConfigError(f"unknown key {key}.{sub_key} in {source}")
+                overlay(cfg, {sub_key: sub_value}, source)
+            continue
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"unknown key {key!r} in {source}")
+        section, f, tp = FIELDS[name]
+        setattr(getattr(cfg, section), name, _coerce(name, value, tp))
+    return cfg
+
+
+def load_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        values = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where else ""
+        raise ConfigError(f"config file {path} is not valid YAML{line}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
+    return values
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def validate(cfg: Config) -> Config:
+    """The one place where a config is checked. Raises ConfigError on the first problem."""
+    d, n, m, o, t, k = cfg.data, cfg.noise, cfg.model, cfg.optim, cfg.train, cfg.tracking
+    _choice("dataset", d.dataset, DATASETS)
+    _choice("noise", n.noise, NOISES)
+    _choice("model", m.model, MODELS)
+    _choice("schedule", o.schedule, SCHEDULES)
+    _choice("mixed_precision", t.mixed_precision, PRECISIONS)
+    _choice("report_to", k.report_to, REPORT_TO)
+    _choice("wandb_mode", k.wandb_mode, WANDB_MODES)
+    checks = [
+        (d.val_size >= 1, "val_size must be at least 1"),
+        (n.sigma >= 0, f"sigma must be >= 0, got {n.sigma}"),
+        (0 <= n.sigma_min <= n.sigma_max, "need 0 <= sigma_min <= sigma_max"),
+        (0 <= n.salt_pepper <= 1, "salt_pepper must be in [0, 1]"),
+        (n.photons > 0, "photons must be > 0"),
+        (all(s >= 0 for s in n.eval_sigmas), "eval_sigmas must be >= 0"),
+        (m.width >= 1, "width must be >= 1"),
+        (0 <= m.dropout < 1, "dropout must be in [0, 1)"),
+        (o.lr > 0, f"lr must be > 0, got {o.lr}"),
+        (o.weight_decay >= 0, "weight_decay must be >= 0"),
+        (o.warmup_steps >= 0, "warmup_steps must be >= 0"),
+        (o.grad_clip >= 0, "grad_clip must be >= 0"),
+        (o.grad_accum >= 1, "grad_accum must be >= 1"),
+        (t.batch_size >= 1, f"batch_size must be >= 1, got {t.batch_size}"),
+        (t.max_steps is None or t.max_steps >= 1, "max_steps must be >= 1"),
+        (t.epochs > 0, "epochs must be > 0"),
+        (t.eval_every >= 1, "eval_every must be >= 1"),
+        (t.log_every >= 1, "log_every must be >= 1"),
+        (t.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+        (t.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+        (t.dist_timeout >= 1, "dist_timeout must be >= 1"),
+        (t.output_dir != "", "output_dir must not be empty"),
+        (t.batch_size % o.grad_accum == 0,
+         f"batch_size {t.batch_size} must divide by grad_accum {o.grad_accum}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+    return cfg
+
+
+def from_dict(values: dict) -> Config:
+    """Rebuild a config from its saved JSON (as written by Config.to_json)."""
+    return validate(overlay(Config(), values, "saved config"))
+
+
+# --- CLI -------------------------------------------------------------------------------
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per field; defaults are suppressed so only explicit flags overlay."""
+    parser.add_argument("--config", metavar="YAML", help="YAML file overlaid on the defaults.")
+    for section, cls in _section_classes().items():
+        group = parser.add_argument_group(section)
+        for f in dataclasses.fields(cls):
+            _, _, tp = FIELDS[f.name]
+            base, _ = _strip_optional(tp)
+            flag = "--" + f.name.replace("_", "-")
+            help_text = f"{f.metadata['help']} (default: {f.default})"
+            kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+            if base is bool:
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+            elif typing.get_origin(base) is tuple:
+                group.add_argument(flag, type=float, nargs="*", **kwargs)
+            else:
+                group.add_argument(flag, type=base, **kwargs)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    cfg = Config()
+    if getattr(args, "config", None):
+        overlay(cfg, load_yaml(args.config), args.config)
+    flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    overlay(cfg, flags, "command line")
+    return validate(cfg)
+
+
+def diff(a: Config, b: Config, ignore: frozenset[str] = frozenset()) -> list[str]:
+    """Human-readable `name: old -> new` for every differing field not in `ignore`."""
+    flat_a = {k: v for s in a.to_dict().values() for k, v in s.items()}
+    flat_b = {k: v for s in b.to_dict().values() for k, v in s.items()}
+    return [f"{k}: {flat_a[k]!r} -> {flat_b[k]!r}"
+            for k in flat_a if k not in ignore and flat_a[k] != flat_b[k]]

@@ -1,0 +1,30 @@
+"""A fully convolutional autoencoder: strided convs down, transposed convs up. Any size."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from denoise_dist.models.padding import crop, pad_to_multiple
+
+
+class ConvAE(nn.Module):
+    fully_convolutional = True
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w = width
+        self.encoder = nn.Sequential(
+            nn.Conv2d(1, w, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),      # H/2
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # H/4
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(2 * w, 2 * w, 2, stride=2), nn.ReLU(),    # H/2
+            nn.ConvTranspose2d(2 * w, w, 2, stride=2), nn.ReLU(),        # H
+            nn.Conv2d(w, 1, 3, padding=1), nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded, size = pad_to_multiple(x, 4)
+        return crop(self.decoder(self.encoder(padded)), size)
