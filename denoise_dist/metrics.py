@@ -24,9 +24,9 @@ def gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Te
 def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = 11, sigma: float = 1.5):
     """Mean SSIM of each image (Wang et al. 2004: 11x11 Gaussian window of sigma 1.5,
     K1=0.01, K2=0.03, 'valid' filtering as in the reference implementation)."""
-    x, y = pred.float(), target.float()
+    x, y = pred.double(), target.double()  # float32 variances cancel badly near flat areas
     channels = x.shape[1]
-    window = gaussian_window(size, sigma, x.device).expand(channels, 1, size, size)
+    window = gaussian_window(size, sigma, x.device).double().expand(channels, 1, size, size)
 
     def blur(t):
         return F.conv2d(t, window, groups=channels)

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+import torch
+
+from denoise_dist.metrics import psnr, ssim
+
+
+def test_psnr_known_values():
+    clean = torch.zeros(2, 1, 8, 8)
+    pred = clean.clone()
+    pred[0] += 0.1  # MSE 0.01 -> 20 dB
+    pred[1] += 0.01  # MSE 1e-4 -> 40 dB
+    assert psnr(pred, clean).tolist() == pytest.approx([20.0, 40.0], abs=1e-4)
+
+
+def test_psnr_of_identical_images_is_capped():
+    x = torch.rand(1, 1, 8, 8)
+    assert psnr(x, x).item() == 100.0
+
+
+def test_ssim_identical_is_one():
+    x = torch.rand(3, 1, 28, 28)
+    assert ssim(x, x).tolist() == pytest.approx([1.0] * 3, abs=1e-5)
+
+
+def test_ssim_of_constant_images_matches_closed_form():
+    # Constant images: variances and covariance vanish, so SSIM is the luminance term.
+    a, b = 0.2, 0.6
+    x, y = torch.full((1, 1, 16, 16), a), torch.full((1, 1, 16, 16), b)
+    c1 = 0.01**2
+    expected = (2 * a * b + c1) / (a * a + b * b + c1)
+    assert ssim(x, y).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_ssim_of_negated_pattern_matches_closed_form():
+    # y = 1 - x around mean 0.5: equal means and variances, covariance -var.
+    torch.manual_seed(0)
+    x = 0.5 + 0.1 * torch.sign(torch.randn(1, 1, 32, 32))
+    y = 1 - x
+    value = ssim(x, y).item()
+    assert value < 0  # anti-correlated structure
+    # Window statistics vary, but the mean must equal the analytic value per window on average.
+    from denoise_dist.metrics import gaussian_window
+    import torch.nn.functional as F
+    w = gaussian_window()
+    mu = F.conv2d(x, w)
+    var = F.conv2d(x * x, w) - mu**2
+    c1, c2 = 0.01**2, 0.03**2
+    lum = (2 * mu * (1 - mu) + c1) / (mu**2 + (1 - mu) ** 2 + c1)
+    expected = (lum * (-2 * var + c2) / (2 * var + c2)).mean().item()
+    assert value == pytest.approx(expected, abs=1e-4)
+
+
+def test_psnr_decreases_with_noise():
+    clean = torch.rand(4, 1, 28, 28)
+    low = psnr(clean + 0.01 * torch.randn_like(clean), clean).mean()
+    high = psnr(clean + 0.1 * torch.randn_like(clean), clean).mean()
+    assert low > high + 15 and math.isfinite(high.item())
