@@ -170,7 +170,8 @@ def train(cfg: Config) -> dict:
                                  weight_decay=cfg.optim.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    state = {"step": 0, "best_val_psnr": -math.inf, "wandb_run_id": None}
+    # train_time_s: seconds spent training (no evaluation or checkpointing), across resumes.
+    state = {"step": 0, "best_val_psnr": -math.inf, "wandb_run_id": None, "train_time_s": 0.0}
     if resume_from is not None:
         state.update(checkpoint.load_checkpoint(accelerator, resume_from))
         console.print(f"resumed from {resume_from} at step {state['step']}")
@@ -260,9 +261,11 @@ def train(cfg: Config) -> dict:
                         f"loss became {loss_value} at step {first + offset}; last good "
                         f"checkpoint: {last_checkpoint_name(run_dir)}")
             elapsed = time.perf_counter() - window_start
+            state["train_time_s"] += elapsed
             record = {"epoch": epoch, "loss": losses[-1][0], "grad_norm": losses[-1][1],
                       "lr": lr_at(step - 1, cfg, total),
-                      "images_per_s": len(losses) * cfg.train.batch_size / elapsed}
+                      "images_per_s": len(losses) * cfg.train.batch_size / elapsed,
+                      "train_time_s": state["train_time_s"]}
             tracker.log(record, step)
             progress.update(step, record["loss"])
             window_losses, window_start = [], time.perf_counter()
