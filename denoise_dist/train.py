@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -63,8 +64,20 @@ def make_accelerator(cfg: Config):
 
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout))
     use_wandb = cfg.tracking.report_to == "wandb" and cfg.tracking.wandb_mode != "disabled"
-    return Accelerator(cpu=cfg.train.cpu, mixed_precision=cfg.train.mixed_precision,
-                       log_with="wandb" if use_wandb else None, kwargs_handlers=[timeout])
+    # The default "no" leaves the launcher's choice (an accelerate config's mixed_precision)
+    # in force; fp16/bf16 on the command line override it.
+    precision = None if cfg.train.mixed_precision == "no" else cfg.train.mixed_precision
+    accelerator = Accelerator(cpu=cfg.train.cpu, mixed_precision=precision,
+                              log_with="wandb" if use_wandb else None,
+                              kwargs_handlers=[timeout])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != accelerator.num_processes:
+        # e.g. `accelerate launch --multi_gpu` on a machine without GPUs: each process
+        # would silently train alone and all of them would write the same run folder.
+        raise ConfigError(f"the launcher started {launched} processes but they did not form "
+                          f"one process group (world size {accelerator.num_processes}); "
+                          f"on a CPU-only machine pass --cpu")
+    return accelerator
 
 
 def precision_in_effect(accelerator) -> str:
@@ -151,6 +164,7 @@ class Evaluator:
 # --- the run ----------------------------------------------------------------------------
 
 def train(cfg: Config) -> dict:
+    os.umask(os.umask(0) | 0o002)  # the run folder is never world-writable, whatever the umask
     accelerator = make_accelerator(cfg)
     from rich.console import Console
 
@@ -179,7 +193,7 @@ def train(cfg: Config) -> dict:
         truncate_metrics(run_dir, state["step"])
 
     precision = precision_in_effect(accelerator)
-    if cfg.train.mixed_precision == "fp16" and precision != "fp16":
+    if accelerator.mixed_precision == "fp16" and precision != "fp16":
         warnings.warn(f"fp16 is not in effect on {accelerator.device.type}; training in "
                       f"{precision}. Use --mixed-precision bf16 on a CPU.")
     launch = {"distributed_type": str(accelerator.distributed_type.value), "world_size": world,
