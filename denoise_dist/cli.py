@@ -24,6 +24,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="Train a denoiser (under accelerate launch "
                                               "for several processes).")
     add_config_flags(train)
+    from denoise_dist import denoise, evaluate
+
+    evaluate.add_arguments(commands.add_parser(
+        "evaluate", help="Test-set PSNR/SSIM over noise levels, against classical denoisers."))
+    denoise.add_arguments(commands.add_parser(
+        "denoise", help="Denoise your own image files with a trained model."))
     return parser
 
 
@@ -32,6 +38,16 @@ def run(args: argparse.Namespace) -> int:
         from denoise_dist.train import train
 
         train(config_from_args(args))
+        return 0
+    if args.command == "evaluate":
+        from denoise_dist.evaluate import evaluate
+
+        evaluate(args)
+        return 0
+    if args.command == "denoise":
+        from denoise_dist.denoise import denoise
+
+        denoise(args)
         return 0
     raise AssertionError(args.command)
 
