@@ -1,0 +1,28 @@
+"""`accelerate launch` target for the rank-failure tests: the real training CLI, except
+that one rank fails at one step, by raising (a crash) or by hanging (a stuck process).
+
+Usage: inject_rank_fault.py raise|hang RANK STEP [train flags...]. The fault is patched
+in from here, so the package itself carries no test hooks.
+"""
+
+import os
+import sys
+import time
+
+import denoise_dist.train
+from denoise_dist.cli import main
+
+mode, fault_rank, fault_step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+real_train_noise = denoise_dist.train.train_noise
+
+
+def train_noise_with_fault(clean, cfg, seed, epoch, step):
+    if step == fault_step and int(os.environ.get("RANK", "0")) == fault_rank:
+        if mode == "hang":
+            time.sleep(3600)
+        raise RuntimeError(f"injected fault in rank {fault_rank} at step {step}")
+    return real_train_noise(clean, cfg, seed, epoch, step)
+
+
+denoise_dist.train.train_noise = train_noise_with_fault
+sys.exit(main(["train", *sys.argv[4:]]))
