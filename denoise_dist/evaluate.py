@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -85,7 +86,13 @@ def process_state(cpu: bool):
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    return PartialState(cpu=cpu or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    state = PartialState(cpu=cpu or parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched != state.num_processes:  # as in train: each would evaluate alone
+        raise ConfigError(f"the launcher started {launched} processes but they did not form "
+                          f"one process group (world size {state.num_processes}); "
+                          f"on a CPU-only machine pass --cpu")
+    return state
 
 
 def sum_over_processes(tensor: torch.Tensor, world_size: int) -> torch.Tensor:

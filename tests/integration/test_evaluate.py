@@ -1,0 +1,200 @@
+"""`denoise-dist evaluate` on a tiny model trained on the real MNIST, checked against an
+independent numpy computation of per-image PSNR on the same fixed-seed noisy images."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from denoise_dist import classical, data, load_model
+from denoise_dist.config import NoiseConfig
+from denoise_dist.evaluate import DEFAULT_AMOUNTS, METHODS, NUM_HARDEST
+from denoise_dist.noise import fixed_noisy
+from tests.conftest import REPO, run_cli, tiny_args
+from tests.unit.test_classical import numpy_blur, numpy_median3x3
+
+pytestmark = pytest.mark.integration
+
+N_IMAGES = 300
+PSNR_ATOL_DB = 1e-3  # the package computes the MSE in float32, numpy here in float64
+
+
+def numpy_test_images(mnist_root, n):
+    """The first n MNIST test images, read straight from the IDX file: float [n,1,28,28]."""
+    raw = (mnist_root / "MNIST" / "raw" / "t10k-images-idx3-ubyte").read_bytes()
+    images = np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    return images[:n, None].astype(np.float64) / 255.0
+
+
+def per_image_psnr(pred, clean):
+    mse = ((np.asarray(pred, dtype=np.float64) - clean) ** 2).reshape(len(clean), -1).mean(1)
+    return 10 * np.log10(1.0 / mse)
+
+
+def noisy_test_set(clean, noise_cfg):
+    """The evaluation noise is defined by the package's fixed-seed draw (tag "test")."""
+    return fixed_noisy(torch.from_numpy(clean).float(), noise_cfg, "test")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(mnist_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("eval") / "run"
+    result = run_cli("train", *tiny_args(run))
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def evaluate(*args, **kwargs):
+    result = run_cli("evaluate", *map(str, args), **kwargs)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_numbers_match_an_independent_numpy_computation(tiny_run, mnist_root, tmp_path):
+    out = tmp_path / "eval"
+    result = evaluate(tiny_run, "--sigmas", "0.2", "0.5", "--max-images", N_IMAGES,
+                      "--out", out)
+    report = json.loads((out / "eval.json").read_text())
+    assert report["num_images"] == N_IMAGES and report["world_size"] == 1
+    assert [row["sigma"] for row in report["results"]] == [0.2, 0.5]
+
+    clean = numpy_test_images(mnist_root, N_IMAGES)
+    model = load_model(tiny_run)
+    for row in report["results"]:
+        noisy = noisy_test_set(clean, NoiseConfig(noise="gaussian", sigma=row["sigma"]))
+        with torch.no_grad():
+            denoised = model(noisy).numpy()
+        noisy = noisy.numpy()
+        expected = {
+            "model": per_image_psnr(denoised, clean),
+            "identity": per_image_psnr(noisy, clean),
+            "gaussian_blur": per_image_psnr(numpy_blur(noisy, row["blur_width"]), clean),
+            "median3x3": per_image_psnr(numpy_median3x3(noisy), clean),
+        }
+        for method in METHODS:
+            assert row[method]["psnr"] == pytest.approx(expected[method].mean(),
+                                                        abs=PSNR_ATOL_DB), method
+            assert 0 < row[method]["ssim"] <= 1
+        # Even 20 training steps beat the noisy input, in PSNR and in SSIM.
+        assert row["model"]["psnr"] > row["identity"]["psnr"] + 1
+        assert row["model"]["ssim"] > row["identity"]["ssim"]
+    # The grid shows the images the model does worst on, at the last sigma.
+    hardest = np.argsort(expected["model"], kind="stable")[:NUM_HARDEST]
+    assert report["hardest"]["indices"] == hardest.tolist()
+
+    for name in ("psnr_vs_sigma.png", "hardest.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG" and image.width > 100
+    assert "test PSNR" in result.stdout and "median3x3" in result.stdout
+
+
+def test_blur_width_is_tuned_on_the_validation_split(tiny_run, mnist_root, tmp_path):
+    out = tmp_path / "eval"
+    evaluate(tiny_run, "--sigmas", "0.4", "--max-images", 50, "--out", out)
+    width = json.loads((out / "eval.json").read_text())["results"][0]["blur_width"]
+    val_size = json.loads((tiny_run / "config.json").read_text())["data"]["val_size"]
+    train_images = data.load_split("mnist", mnist_root, "train", download=False)
+    val = data.to_float(data.split_train_val(train_images, val_size)[1])
+    noisy = fixed_noisy(val, NoiseConfig(noise="gaussian", sigma=0.4), "val")
+    scores = [per_image_psnr(classical.gaussian_blur(noisy, w), val.double().numpy()).mean()
+              for w in classical.BLUR_WIDTHS]
+    assert width == classical.BLUR_WIDTHS[int(np.argmax(scores))]
+
+
+def launch_two_processes(*args):
+    """Two processes over gloo, as a user launches them on a CPU machine."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(REPO / "accelerate_configs" / "cpu_ddp.yaml"), "-m", "denoise_dist",
+           "evaluate", *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_two_processes_report_the_same_numbers_as_one(tiny_run, tmp_path):
+    # 201 images do not split evenly: every image must still count exactly once.
+    args = ["--sigmas", "0.3", "0.6", "--max-images", "201", "--cpu"]
+    evaluate(tiny_run, *args, "--out", tmp_path / "one")
+    two = launch_two_processes(tiny_run, *args, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr
+    one = json.loads((tmp_path / "one" / "eval.json").read_text())
+    both = json.loads((tmp_path / "two" / "eval.json").read_text())
+    assert (one["world_size"], both["world_size"]) == (1, 2)
+    assert both["num_images"] == 201
+    for row_one, row_two in zip(one["results"], both["results"], strict=True):
+        assert row_one["blur_width"] == row_two["blur_width"]
+        for method in METHODS:
+            for metric in ("psnr", "ssim"):
+                assert row_two[method][metric] == pytest.approx(row_one[method][metric],
+                                                                abs=1e-6)
+    assert both["hardest"]["indices"] == one["hardest"]["indices"]
+    assert two.stdout.count("test PSNR") == 1  # only the main process prints
+
+
+def test_two_processes_without_a_group_are_refused(tiny_run, tmp_path):
+    # Without --cpu on a CPU-only machine the launcher's processes do not form a group.
+    if torch.cuda.is_available():
+        pytest.skip("on a GPU machine the processes do form a group")
+    result = launch_two_processes(tiny_run, "--max-images", "20", "--out", tmp_path / "e")
+    assert result.returncode != 0
+    assert "did not form one process group" in result.stderr
+    assert not (tmp_path / "e").exists()
+
+
+def test_salt_and_pepper_model_is_evaluated_on_its_own_noise(mnist_root, tmp_path):
+    run = tmp_path / "run"
+    trained = run_cli("train", *tiny_args(run, "--noise", "salt_pepper", "--max-steps", "10"))
+    assert trained.returncode == 0, trained.stderr
+    evaluate(run, "--max-images", 100)  # default --out: eval-<noise> in the run folder
+    report = json.loads((run / "eval-salt_pepper" / "eval.json").read_text())
+    assert report["noise"] == "salt_pepper" and report["level"] == "amount"
+    assert [row["amount"] for row in report["results"]] == list(DEFAULT_AMOUNTS)
+    clean = numpy_test_images(mnist_root, 100)
+    for row in report["results"]:
+        noisy = noisy_test_set(clean, NoiseConfig(noise="salt_pepper",
+                                                  salt_pepper=row["amount"])).numpy()
+        assert np.mean(noisy != clean.astype(np.float32)) > row["amount"] / 4
+        assert row["identity"]["psnr"] == pytest.approx(
+            per_image_psnr(noisy, clean).mean(), abs=PSNR_ATOL_DB)
+        assert row["median3x3"]["psnr"] == pytest.approx(
+            per_image_psnr(numpy_median3x3(noisy), clean).mean(), abs=PSNR_ATOL_DB)
+
+
+def test_poisson_gaussian_uses_the_models_photon_count(tiny_run, mnist_root, tmp_path):
+    out = tmp_path / "eval"
+    result = evaluate(tiny_run, "--noise", "poisson_gaussian", "--sigmas", "0.05",
+                      "--max-images", 100, "--out", out)
+    assert "trained on gaussian noise, evaluating on poisson_gaussian" in result.stderr
+    report = json.loads((out / "eval.json").read_text())
+    assert report["photons"] == NoiseConfig().photons
+    noise = replace(NoiseConfig(), noise="poisson_gaussian", sigma=0.05)
+    clean = numpy_test_images(mnist_root, 100)
+    noisy = noisy_test_set(clean, noise).numpy()
+    assert report["results"][0]["identity"]["psnr"] == pytest.approx(
+        per_image_psnr(noisy, clean).mean(), abs=PSNR_ATOL_DB)
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--amounts", "0.1"], 2, "--amounts is for salt_pepper"),
+    (["--noise", "salt_pepper", "--sigmas", "0.1"], 2, "salt_pepper has no sigma"),
+    (["--sigmas", "-0.1"], 2, "--sigmas must be >= 0"),
+    (["--max-images", "0"], 2, "--max-images must be >= 1"),
+])
+def test_bad_options_are_one_line_errors(tiny_run, tmp_path, args, code, message):
+    result = run_cli("evaluate", str(tiny_run), *args, "--out", str(tmp_path / "e"))
+    assert result.returncode == code
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_missing_or_foreign_model_is_a_clear_error(tmp_path):
+    missing = run_cli("evaluate", str(tmp_path / "nope"))
+    assert missing.returncode == 1 and "no model at" in missing.stderr
+    fake = tmp_path / "fake.safetensors"
+    fake.write_bytes(b"\x00" * 64)
+    foreign = run_cli("evaluate", str(fake))
+    assert foreign.returncode == 1 and "not a readable safetensors file" in foreign.stderr
+    assert "Traceback" not in missing.stderr + foreign.stderr
