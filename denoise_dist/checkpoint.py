@@ -121,13 +121,15 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
             partial.rename(final)
             fsync_dir(final.parent)
             prune(run_dir, keep)
-    except OSError as e:
+    except Exception as e:  # a full disk surfaces as OSError or as torch's RuntimeError
         if accelerator.is_main_process:
             shutil.rmtree(partial, ignore_errors=True)
         previous = [p.name for p in list_checkpoints(run_dir) if p != final]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0]
+        free_mb = shutil.disk_usage(run_dir).free / 2**20
         raise CheckpointError(
-            f"checkpoint at step {step} failed ({e.strerror or e}); stopping so as not to "
-            f"train without checkpoints. Last good checkpoint: "
+            f"checkpoint at step {step} failed ({reason}; {free_mb:.1f} MB free in {run_dir}); "
+            f"stopping rather than train without checkpoints. Last good checkpoint: "
             f"{previous[0] if previous else 'none'}") from None
     accelerator.wait_for_everyone()
     return final

@@ -1,0 +1,52 @@
+"""Run `denoise-dist train` with one fault injected from outside the package.
+
+    python tests/faults/inject.py nan-at-step=7 train --output-dir ...
+
+The package has no test hooks: faults are monkeypatched in here, before the CLI runs.
+"""
+
+import errno
+import os
+import sys
+
+import torch
+
+import denoise_dist.noise
+import denoise_dist.train
+from denoise_dist.cli import main
+
+
+def nan_at_step(bad_step: int) -> None:
+    """Poison the batch of one step, as a bad sample or an overflow would."""
+    real = denoise_dist.noise.train_noise
+
+    def poisoned(clean, cfg, seed, epoch, step):
+        noisy = real(clean, cfg, seed, epoch, step)
+        return noisy * float("nan") if step == bad_step - 1 else noisy  # step is 0-based
+
+    denoise_dist.train.train_noise = poisoned
+
+
+def enospc_at_checkpoint(nth: int) -> None:
+    """The nth accelerator.save_state fails half-way with a full disk."""
+    from accelerate import Accelerator
+
+    real, calls = Accelerator.save_state, [0]
+
+    def failing(self, output_dir=None, **kwargs):
+        calls[0] += 1
+        if calls[0] == nth:
+            os.makedirs(output_dir, exist_ok=True)
+            torch.save({"half": torch.zeros(10)}, f"{output_dir}/model.safetensors")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, output_dir, **kwargs)
+
+    Accelerator.save_state = failing
+
+
+FAULTS = {"nan-at-step": nan_at_step, "enospc-at-checkpoint": enospc_at_checkpoint}
+
+if __name__ == "__main__":
+    name, value = sys.argv[1].split("=")
+    FAULTS[name](int(value))
+    sys.exit(main(sys.argv[2:]))
