@@ -33,7 +33,7 @@ from denoise_dist.models import build_model, model_kwargs
 from denoise_dist.noise import fixed_noisy, train_noise
 from denoise_dist.preempt import PREEMPTED_EXIT_CODE, StopRequest
 from denoise_dist.rng import seed_from
-from denoise_dist.tracking import Tracker, read_metrics, truncate_metrics
+from denoise_dist.tracking import Tracker, describe_noise, read_metrics, truncate_metrics
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -212,6 +212,7 @@ def train(cfg: Config) -> dict:
     state["wandb_run_id"] = tracker.wandb_run_id
     evaluator = Evaluator(cfg, val_images, accelerator)
     baseline = evaluator.noisy_baseline()
+    samples = sample_images(cfg, test_images)
     stop = StopRequest().install()
 
     def save(step: int) -> None:
@@ -228,6 +229,11 @@ def train(cfg: Config) -> dict:
                         "val_psnr": metrics["val_psnr"], "config": cfg.to_dict()})
         state["best_val_psnr"] = max(state["best_val_psnr"], metrics["val_psnr"])
         tracker.log({**metrics, **baseline}, step)
+        if accelerator.is_main_process:  # the same fixed test images at every evaluation
+            noisy, clean = samples
+            tracker.log_samples(noisy, denoise_batched(accelerator.unwrap_model(model), noisy,
+                                                       autocast=accelerator.autocast),
+                                clean, step)
         console.print(f"step {step}/{total}  val PSNR {metrics['val_psnr']:.2f} dB "
                       f"(noisy {baseline['val_psnr_noisy']:.2f})  "
                       f"SSIM {metrics['val_ssim']:.3f}")
@@ -289,7 +295,7 @@ def train(cfg: Config) -> dict:
                 progress.close()
                 console.print(f"stop signal received: checkpointed step {step}, exiting "
                               f"with code {PREEMPTED_EXIT_CODE} so the job can be requeued")
-                tracker.finish()
+                tracker.finish(preempted=True)
                 raise Preempted(f"preempted at step {step}")
         if step % cfg.train.eval_every == 0 or done:
             last_metrics = evaluate(step)
@@ -304,7 +310,7 @@ def train(cfg: Config) -> dict:
     summary = {"step": step, "best_val_psnr": state["best_val_psnr"], **baseline,
                **last_metrics, **launch}
     if accelerator.is_main_process:
-        write_outputs(cfg, run_dir, accelerator.unwrap_model(model), test_images, summary,
+        write_outputs(cfg, run_dir, accelerator.unwrap_model(model), samples, summary,
                       tracker, step, accelerator.autocast)
         print_summary(console, summary, run_dir)
     tracker.finish()
@@ -324,18 +330,25 @@ def last_checkpoint_name(run_dir: Path) -> str:
     return str(found[0]) if found else "none"
 
 
-def write_outputs(cfg: Config, run_dir: Path, model, test_images, summary: dict, tracker,
-                  step: int, autocast) -> None:
-    """Sample grid and curves as PNG, the summary as JSON, and the same grid to W&B."""
+def sample_images(cfg: Config, test_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy, clean): the first test images with fixed-seed noise, shown in every grid."""
     clean = data.to_float(test_images[:NUM_SAMPLES])
-    noisy = fixed_noisy(clean, cfg.noise, "test")
+    return fixed_noisy(clean, cfg.noise, "test"), clean
+
+
+def write_outputs(cfg: Config, run_dir: Path, model, samples, summary: dict, tracker,
+                  step: int, autocast) -> None:
+    """Final sample grid and curves as PNG and the summary as JSON; to W&B, the sample
+    table and the best model (the grid went there with the last evaluation)."""
+    noisy, clean = samples
     denoised = denoise_batched(model, noisy, autocast=autocast)
-    grid = figures.sample_grid(noisy, denoised, clean)
-    caption = (f"{cfg.noise.noise} sigma={cfg.noise.sigma:g}  step {step}  "
+    caption = (f"{describe_noise(cfg.noise)}  step {step}  "
                f"val PSNR {summary['val_psnr']:.2f} dB")
-    figures.save_sample_figure(grid, run_dir / "figures" / "samples.png", caption)
+    figures.save_sample_figure(figures.sample_grid(noisy, denoised, clean),
+                               run_dir / "figures" / "samples.png", caption)
     figures.save_curves(read_metrics(run_dir), run_dir / "figures" / "curves.png")
-    tracker.log_image("samples", grid, caption, step)
+    tracker.log_sample_table(noisy, denoised, clean, step)
+    tracker.log_model(run_dir / BEST_MODEL)
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))
 
 
