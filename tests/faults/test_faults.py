@@ -152,7 +152,7 @@ def test_failed_checkpoint_write_is_cleaned_up_and_stops_training(mnist_root, tm
     result = inject("enospc-at-checkpoint=2",
                     *tiny_args(run, "--max-steps", "40", "--checkpoint-every", "10"))
     assert result.returncode == 1
-    assert ("checkpoint at step 20 failed (No space left on device)" in result.stderr
+    assert ("checkpoint at step 20 failed (No space left on device;" in result.stderr
             and "Last good checkpoint: step_00000010" in result.stderr)
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000010"]
     assert verify(run / "checkpoints" / "step_00000010") is None
