@@ -61,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("denoise-dist: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a permission problem: the user can act on it
+        if debug:
+            raise
+        where = f": {e.filename}" if e.filename else ""
+        print(f"denoise-dist: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
     except Exception as e:
         code = getattr(e, "exit_code", None)
         if debug:
