@@ -1,0 +1,280 @@
+"""The slurm/ templates on a real SLURM cluster (../shared/tools/slurm-local, 2 nodes on
+this machine): submitted with sbatch as a user would, stopped with real Slurm signals,
+requeued by Slurm or by the script itself, and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, require, tiny_args
+
+pytestmark = [pytest.mark.slurm, pytest.mark.integration]
+
+SLURM_TOOLS = REPO.parent / "shared" / "tools" / "slurm-local"
+SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/slurm-local"))
+TEMPLATES = ["train_cpu", "train_gpu", "train_multinode", "sweep_array"]
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+         "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+STEPS = 200  # long enough to be signalled mid-training (the first log line is step 5)
+# The rig has no GPUs: the GPU templates run one gloo process per node on its CPUs.
+NO_GPU = {"DENOISE_DIST_NPROC": "1", "ACCELERATE_USE_CPU": "true"}
+
+
+# --- the cluster ------------------------------------------------------------------------
+
+def slurm(*cmd: str, check: bool = True) -> str:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def usable_nodes() -> int:
+    result = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True,
+                            text=True, timeout=60)
+    states = [line.split()[1] for line in result.stdout.splitlines() if line.strip()]
+    return sum(s in ("idle", "mix", "alloc", "comp") for s in states)  # "idle*": no answer
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Reuse a running 2-node cluster (.ci/run starts one), else start one for this module."""
+    require(shutil.which("sbatch") is not None, "SLURM is not installed (no sbatch)")
+    conf = SLURM_DIR / "etc" / "slurm.conf"
+    if "SLURM_CONF" not in os.environ and conf.exists():
+        os.environ["SLURM_CONF"] = str(conf)
+    started = False
+    if usable_nodes() < 2:
+        start = subprocess.run([str(SLURM_TOOLS / "start.sh")], capture_output=True, text=True,
+                               timeout=300, env={**os.environ, "SLURM_LOCAL_NODES": "2"})
+        require(start.returncode == 0, f"slurm-local could not start a 2-node cluster: "
+                                       f"{(start.stdout + start.stderr)[-600:]}")
+        os.environ.setdefault("SLURM_CONF", str(conf))
+        started = True
+    require(usable_nodes() >= 2, "the SLURM cluster has fewer than 2 usable nodes")
+    yield
+    if started:
+        subprocess.run([str(SLURM_TOOLS / "stop.sh")], capture_output=True, timeout=120)
+
+
+# --- jobs -------------------------------------------------------------------------------
+
+def job_args(*extra: str) -> list[str]:
+    """tiny_args without --output-dir: the templates take it from $DENOISE_DIST_OUTPUT."""
+    args = tiny_args(Path("unused"), "--max-steps", str(STEPS), "--eval-every", "100",
+                     "--checkpoint-every", "100", *extra)
+    at = args.index("--output-dir")
+    return args[:at] + args[at + 2:]
+
+
+def submit(template: str, run_dir: Path, *args: str, sbatch: tuple = (),
+           env: dict | None = None) -> str:
+    """sbatch a template from the repository root, as the README says; returns the job id."""
+    job_env = {**os.environ, "DENOISE_DIST_PYTHON": sys.executable,
+               "DENOISE_DIST_OUTPUT": str(run_dir), **(env or {})}
+    job_env = {k: v for k, v in job_env.items() if v is not None}
+    logs = run_dir.parent / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    # The templates ask for a real cluster's resources; ask for what this rig has.
+    resources = ["--cpus-per-task=1", "--mem=1G", "--time=10"]
+    if template in ("train_gpu", "train_multinode"):
+        resources.append("--gpus-per-node=0")
+    result = subprocess.run(
+        ["sbatch", "--parsable", f"--output={logs}/%j.out", *resources, *sbatch,
+         f"slurm/{template}.sbatch", *args],
+        cwd=REPO, env=job_env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip().split(";")[0]
+
+
+def job_records(job: str) -> list[dict]:
+    """`scontrol show job` as dicts, one per array task."""
+    text = slurm("scontrol", "show", "job", "-o", job)
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in text.splitlines() if line]
+
+
+def job_log(run_dir: Path, job: str) -> str:
+    path = run_dir.parent / "logs" / f"{job}.out"
+    return path.read_text() if path.exists() else ""
+
+
+def wait_until_ended(job: str, run_dir: Path, timeout: float = 300) -> dict:
+    """Poll until the job has ended for good; returns its scontrol record."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        records = job_records(job)
+        if all(r["JobState"] in ENDED for r in records):
+            return records[0]
+        time.sleep(1)
+    slurm("scancel", job, check=False)
+    raise AssertionError(f"job {job} did not end within {timeout} s: "
+                         f"{job_records(job)}\n{job_log(run_dir, job)[-3000:]}")
+
+
+def wait_until_training(run_dir: Path, job: str, timeout: float = 180) -> None:
+    """Wait for the first metrics line: the trainer is past its setup, mid-training."""
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + timeout
+    while not (metrics.exists() and metrics.read_text().strip()):
+        assert time.monotonic() < deadline, f"no training started:\n{job_log(run_dir, job)}"
+        assert job_records(job)[0]["JobState"] not in ENDED, job_log(run_dir, job)
+        time.sleep(0.2)
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_file(str(run_dir / "checkpoints" / f"step_{STEPS:08d}" / "model.safetensors"))
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys()
+    different = [k for k in wa if not torch.equal(wa[k], wb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def assert_completed(record: dict, run_dir: Path, job: str) -> None:
+    assert record["JobState"] == "COMPLETED", job_log(run_dir, job)
+    assert (run_dir / "best_model.safetensors").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["step"] == STEPS
+
+
+# --- uninterrupted reference runs, one per template, shared by the tests ----------------
+
+@pytest.fixture(scope="module")
+def cpu_reference(cluster, mnist_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cpu_reference") / "run"
+    # Without WANDB_MODE in its environment the job must default to offline.
+    job = submit("train_cpu", run, *job_args(), env={"WANDB_MODE": None})
+    return job, run, wait_until_ended(job, run)
+
+
+@pytest.fixture(scope="module")
+def multinode_reference(cluster, mnist_root, tmp_path_factory):
+    run = tmp_path_factory.mktemp("multinode_reference") / "run"
+    job = submit("train_multinode", run, *job_args(), sbatch=("--nodes=2",), env=NO_GPU)
+    return job, run, wait_until_ended(job, run)
+
+
+# --- tests ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_template_is_ready_to_requeue_and_never_downloads(template):
+    text = (REPO / "slurm" / f"{template}.sbatch").read_text()
+    for line in ["#SBATCH --signal=B:USR1@", "#SBATCH --requeue", "#SBATCH --open-mode=append",
+                 "--no-download", '"$@"', "start_training", "finish_training"]:
+        assert line in text, line
+    assert "API_KEY" not in text and "WANDB_API" not in text
+    assert subprocess.run(["bash", "-n", f"slurm/{template}.sbatch"], cwd=REPO).returncode == 0
+
+
+def test_cpu_template_completes_and_leaves_the_run_folder(cpu_reference):
+    job, run, record = cpu_reference
+    assert_completed(record, run, job)
+    assert record["Restarts"] == "0"
+    for name in ["config.json", "metrics.jsonl", "summary.json", "figures/samples.png",
+                 f"checkpoints/step_{STEPS:08d}/model.safetensors"]:
+        assert (run / name).is_file(), name
+    log = job_log(run, job)
+    assert f"[denoise-dist job {job} restart 0]" in log and "training finished" in log
+    assert "WANDB_MODE=offline" in log
+    assert json.loads((run / "summary.json").read_text())["slurm_job_id"] == job
+
+
+def test_multinode_template_trains_on_both_nodes(multinode_reference):
+    job, run, record = multinode_reference
+    assert_completed(record, run, job)
+    log = job_log(run, job)
+    assert "machine rank 0 of 2" in log and "machine rank 1 of 2" in log
+    assert "node node1:" in log and "node node2:" in log
+    assert json.loads((run / "summary.json").read_text())["world_size"] == 2
+
+
+def test_usr1_checkpoints_requeues_and_resumes_exactly(cpu_reference, tmp_path):
+    _, reference, _ = cpu_reference
+    run = tmp_path / "run"
+    job = submit("train_cpu", run, *job_args())
+    wait_until_training(run, job)
+    slurm("scancel", "--signal=USR1", "--batch", job)  # what --signal=B:USR1@... sends
+    record = wait_until_ended(job, run)
+    log = job_log(run, job)
+    assert_completed(record, run, job)
+    assert record["Restarts"] == "1"
+    stopped_at = int(re.search(r"preempted at step (\d+)", log).group(1))
+    assert stopped_at < STEPS
+    assert "SIGUSR1: asking training to checkpoint" in log
+    assert "requeueing (restart 1 of at most 3)" in log
+    assert f"[denoise-dist job {job} restart 1]" in log  # SLURM_RESTART_COUNT=1
+    assert f"resumed from {run}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in log
+    assert_same_weights(run, reference)
+
+
+def test_usr1_reaches_the_workers_of_a_multinode_job(multinode_reference, tmp_path):
+    """The signal goes batch shell -> srun -> each node's accelerate launch -> workers."""
+    _, reference, _ = multinode_reference
+    run = tmp_path / "run"
+    job = submit("train_multinode", run, *job_args(), sbatch=("--nodes=2",), env=NO_GPU)
+    wait_until_training(run, job)
+    slurm("scancel", "--signal=USR1", "--batch", job)
+    record = wait_until_ended(job, run)
+    log = job_log(run, job)
+    assert_completed(record, run, job)
+    assert record["Restarts"] == "1"
+    stopped_at = int(re.search(r"preempted at step (\d+)", log).group(1))
+    assert stopped_at < STEPS
+    assert f"[denoise-dist job {job} restart 1]" in log
+    assert f"at step {stopped_at}" in log.split("resumed from")[1].splitlines()[0]
+    assert_same_weights(run, reference)
+
+
+def test_scontrol_requeue_restarts_without_a_second_requeue(cpu_reference, tmp_path):
+    _, reference, _ = cpu_reference
+    run = tmp_path / "run"
+    job = submit("train_cpu", run, *job_args())
+    wait_until_training(run, job)
+    slurm("scontrol", "requeue", job)  # Slurm sends SIGTERM and requeues by itself
+    record = wait_until_ended(job, run)
+    log = job_log(run, job)
+    assert_completed(record, run, job)
+    assert record["Restarts"] == "1"  # the script did not requeue on top of Slurm
+    assert "after SIGTERM; not requeueing" in log
+    assert f"[denoise-dist job {job} restart 1]" in log and "resumed from" in log
+    assert_same_weights(run, reference)
+
+
+def test_plain_scancel_ends_the_job_for_good(cluster, mnist_root, tmp_path):
+    run = tmp_path / "run"
+    job = submit("train_cpu", run, *job_args())
+    wait_until_training(run, job)
+    slurm("scancel", job)
+    record = wait_until_ended(job, run)  # CANCELLED only once the batch script has exited
+    log = job_log(run, job)
+    assert record["JobState"] == "CANCELLED" and record["Restarts"] == "0"
+    # The trainer treats SIGTERM like any stop request (checkpoint, exit 75) if it has
+    # time before SIGKILL; the script must still not requeue.
+    assert "after SIGTERM; not requeueing" in log, log
+    assert "requeueing (restart" not in log
+
+
+def test_array_template_trains_one_model_per_noise_level(cluster, mnist_root, tmp_path):
+    sweep = tmp_path / "sweep"
+    job = submit("sweep_array", sweep, *job_args("--max-steps", "10", "--eval-every", "10"),
+                 sbatch=("--array=0-1",), env={"DENOISE_DIST_SWEEP_VALUES": "0.3 0.6"})
+    wait_until_ended(job, sweep)
+    records = job_records(job)
+    assert sorted(r["ArrayTaskId"] for r in records) == ["0", "1"]
+    assert all(r["JobState"] == "COMPLETED" for r in records), records
+    for sigma in (0.3, 0.6):
+        run = sweep / f"sigma_{sigma}"
+        assert json.loads((run / "config.json").read_text())["noise"]["sigma"] == sigma
+        assert (run / "best_model.safetensors").is_file()
