@@ -3,10 +3,12 @@ config, scalars, grids, table, model artifact, resume, and runs where W&B fails.
 
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -278,3 +280,35 @@ def test_two_processes_log_one_wandb_run_from_the_main_process(mnist_root, tmp_p
     assert config_of(records)["launch"]["world_size"] == 2
     assert steps_with(history_of(records), "train/loss") == [5, 10]
     assert [e.exit_code for e in of_type(records, "exit")] == [0]
+
+
+def test_a_preempted_run_is_marked_and_the_requeued_job_continues_it(mnist_root, tmp_path,
+                                                                     wandb_env):
+    run = tmp_path / "run"
+    job = subprocess.Popen(
+        [sys.executable, "-m", "denoise_dist", "train",
+         *offline(run, "--max-steps", "100000", "--eval-every", "100000")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env={**os.environ, **wandb_env})
+    try:
+        while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text():
+            assert job.poll() is None, job.communicate()[1]
+            time.sleep(0.2)
+        job.send_signal(signal.SIGTERM)  # what SLURM sends before preempting the job
+        out, err = job.communicate(timeout=120)
+    finally:
+        job.kill()
+    assert job.returncode == 75, err
+    [first] = offline_logs(run)
+    records = wandb_records(first)
+    [exit_record] = of_type(records, "exit")
+    assert exit_record.exit_code == 75
+    stopped = max(step for step, _ in history_of(records))
+    assert (run / "checkpoints" / f"step_{stopped:08d}").is_dir()
+
+    requeued = train(*offline(run, "--max-steps", str(stopped + 10)), env=wandb_env)
+    assert requeued.returncode == 0, requeued.stderr
+    first, second = offline_logs(run)
+    assert {r.run_id for r in of_type(wandb_records(second), "run")} == {
+        r.run_id for r in of_type(records, "run")}
+    assert [s for s, _ in history_of(wandb_records(second))] == [stopped + 5, stopped + 10]
