@@ -200,10 +200,11 @@ def train(cfg: Config) -> dict:
               "device": str(accelerator.device), "precision": precision,
               "global_batch": cfg.train.batch_size, "per_process_batch": sharding.micro_batch,
               **slurm_facts()}
-    console.print(
+    console.print(  # one line even in an 80-column log, so grep finds it whole
         f"distributed={launch['distributed_type']} world_size={world} device={launch['device']} "
         f"precision={precision} batch={cfg.train.batch_size} global / "
-        f"{sharding.micro_batch} per process x {cfg.optim.grad_accum} accumulation")
+        f"{sharding.micro_batch} per process x {cfg.optim.grad_accum} accumulation",
+        soft_wrap=True)
     if sharding.dropped_per_epoch:
         console.print(f"each epoch skips {sharding.dropped_per_epoch} of {len(train_images)} "
                       f"images (a different random set each epoch) to keep batches full")
