@@ -77,6 +77,11 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path, flags, message):
     assert not (tmp_path / "r").exists()
 
 
+def test_debug_shows_the_traceback(tmp_path):
+    result = run_cli("train", "--output-dir", str(tmp_path / "r"), "--sigma", "-1", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
     result = run_cli("train", *tiny_args(tmp_path / "r", "--data-dir", str(tmp_path / "none"),
                                          "--no-download"))
