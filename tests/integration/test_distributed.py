@@ -1,9 +1,10 @@
 """Real multi-process runs over gloo on the CPU, launched exactly as a user launches them:
-1 vs 2 processes, a two-machine launch on one host, a rank that crashes or hangs, and
-mixed precision on a CPU.
+1 vs 2 processes, a two-machine launch on one host, a rank that crashes, and mixed
+precision on a CPU.
 
-Equivalence holds for unet and conv_ae; seed_ae's dropout masks are drawn per rank, so
-it is not world-size invariant and is not tested here.
+Equivalence is tested with unet; conv_ae, with no normalisation or dropout either, is
+world-size invariant the same way. seed_ae's dropout masks are drawn per rank, so it is
+not, and is not tested here.
 """
 
 import json
@@ -69,6 +70,13 @@ def two_machine_launch(target, train_flags, timeout):
     return [(m.returncode, out, err) for m, (out, err) in zip(machines, outputs)]
 
 
+def startup_line(stdout: str) -> str:
+    """The main process's one start-up line (exactly one, never wrapped)."""
+    lines = [line for line in stdout.splitlines() if line.startswith("distributed=")]
+    assert len(lines) == 1, stdout
+    return lines[0]
+
+
 def loss_curve(run_dir):
     return [(r["step"], r["loss"], r["grad_norm"]) for r in metrics(run_dir) if "loss" in r]
 
@@ -112,7 +120,9 @@ def test_two_processes_train_like_one(one_process_run, tmp_path):
     result = launch(["--config_file", str(CONFIGS / "cpu_ddp.yaml")], "denoise_dist.train",
                     tiny_args(run_dir, "--val-size", VAL_SIZE))
     assert result.returncode == 0, result.stderr
-    assert "distributed=MULTI_CPU world_size=2" in result.stdout
+    line = startup_line(result.stdout)
+    assert line.startswith("distributed=MULTI_CPU world_size=2 device=cpu")
+    assert line.endswith("precision=fp32 batch=32 global / 16 per process x 1 accumulation")
     assert_same_training(run_dir, one_process_run)
 
 
@@ -122,7 +132,7 @@ def test_two_machine_launch_trains_like_one_process(one_process_run, tmp_path):
                                   timeout=240)
     for code, _, err in machines:
         assert code == 0, err
-    assert "world_size=2" in machines[0][1]
+    assert "world_size=2" in startup_line(machines[0][1])
     assert machines[1][1].strip() == ""  # only the main process prints
     assert_same_training(run_dir, one_process_run)
 
@@ -153,22 +163,12 @@ def test_a_crashing_rank_ends_the_whole_job(mnist_root, tmp_path, machines):
     assert not (run_dir / "summary.json").exists()
 
 
-def test_a_hanging_rank_ends_the_job_after_the_dist_timeout(mnist_root, tmp_path):
-    run_dir = tmp_path / "run"
-    result = launch(["--config_file", str(CONFIGS / "cpu_ddp.yaml")], str(FAULT_SCRIPT),
-                    ["hang", "1", "2", *tiny_args(run_dir, "--dist-timeout", "10")],
-                    timeout=FAILURE_BOUND_S)
-    assert result.returncode != 0
-    assert "Timed out" in result.stderr  # rank 0 gave up waiting for rank 1
-    assert not (run_dir / "summary.json").exists()
-
-
 def test_bf16_from_the_launcher_runs_and_converges_on_cpu(mnist_root, tmp_path):
     run_dir = tmp_path / "run"
     result = launch(["--config_file", str(CONFIGS / "cpu.yaml"), "--mixed_precision", "bf16"],
                     "denoise_dist.train", tiny_args(run_dir, "--eval-every", "20"))
     assert result.returncode == 0, result.stderr
-    assert "precision=bf16" in result.stdout
+    assert "precision=bf16" in startup_line(result.stdout)
     losses = [loss for _, loss, _ in loss_curve(run_dir)]
     assert losses[-1] < 0.9 * losses[0]
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -176,16 +176,11 @@ def test_bf16_from_the_launcher_runs_and_converges_on_cpu(mnist_root, tmp_path):
     assert summary["val_psnr"] > summary["val_psnr_noisy"] + 2
 
 
-@pytest.mark.parametrize("how", ["flag", "launcher"])
-def test_fp16_on_cpu_warns_and_says_fp32(mnist_root, tmp_path, how):
+def test_fp16_on_cpu_warns_and_says_fp32(mnist_root, tmp_path):
     run_dir = tmp_path / "run"
-    flags = tiny_args(run_dir, "--max-steps", "2")
-    if how == "flag":
-        result = run_cli("train", *flags, "--mixed-precision", "fp16")
-    else:
-        result = launch(["--config_file", str(CONFIGS / "cpu.yaml"), "--mixed_precision",
-                         "fp16"], "denoise_dist.train", flags)
+    result = run_cli("train", *tiny_args(run_dir, "--max-steps", "2"),
+                     "--mixed-precision", "fp16")
     assert result.returncode == 0, result.stderr
     assert "fp16 is not in effect on cpu; training in fp32" in result.stderr
-    assert "precision=fp32" in result.stdout
+    assert "precision=fp32" in startup_line(result.stdout)
     assert json.loads((run_dir / "summary.json").read_text())["precision"] == "fp32"
