@@ -87,7 +87,9 @@ class TrainConfig:
                           default=250)
     log_every: int = doc("Write a metrics.jsonl line every N steps.", default=25)
     seed: int = doc("Seed for init, data order and noise.", default=0)
-    mixed_precision: str = doc("no, fp16 or bf16.", default="no")
+    mixed_precision: str = doc("fp16 or bf16 force that precision; no (default) keeps the "
+                               "launcher's choice (an accelerate config), else fp32.",
+                               default="no")
     cpu: bool = doc("Force the CPU even when a GPU is present.", default=False)
     output_dir: str = doc("Run folder.", default="runs/default")
     resume: str = doc("auto (newest valid checkpoint in the run folder), never, or a "
