@@ -203,7 +203,8 @@ def test_multinode_template_trains_on_both_nodes(multinode_reference):
 def test_usr1_checkpoints_requeues_and_resumes_exactly(cpu_reference, tmp_path):
     _, reference, _ = cpu_reference
     run = tmp_path / "run"
-    job = submit("train_cpu", run, *job_args())
+    # W&B on, in the template's default mode (offline): the restart continues its run.
+    job = submit("train_cpu", run, *job_args("--report-to", "wandb"), env={"WANDB_MODE": None})
     wait_until_training(run, job)
     slurm("scancel", "--signal=USR1", "--batch", job)  # what --signal=B:USR1@... sends
     record = wait_until_ended(job, run)
@@ -217,13 +218,23 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cpu_reference, tmp_path):
     assert f"[denoise-dist job {job} restart 1]" in log  # SLURM_RESTART_COUNT=1
     assert f"resumed from {run}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in log
     assert_same_weights(run, reference)
+    run_id = json.loads((run / "checkpoints" / f"step_{STEPS:08d}" / "train_state.json")
+                        .read_text())["wandb_run_id"]
+    starts = sorted(run.glob("wandb/offline-run-*"))  # one per start of the job
+    assert len(starts) == 2 and all(p.name.endswith(f"-{run_id}") for p in starts), starts
 
 
-def test_usr1_reaches_the_workers_of_a_multinode_job(multinode_reference, tmp_path):
-    """The signal goes batch shell -> srun -> each node's accelerate launch -> workers."""
+@pytest.mark.parametrize("template, nodes, per_node", [("train_multinode", 2, 1),
+                                                      ("train_gpu", 1, 2)])
+def test_usr1_reaches_the_workers_under_accelerate_launch(multinode_reference, tmp_path,
+                                                          template, nodes, per_node):
+    """multinode: batch shell -> srun -> each node's accelerate launch -> its workers.
+    gpu: batch shell -> the workers below accelerate launch (in sessions of their own).
+    Both are 2 gloo processes, so both must end with the 2-node reference's weights."""
     _, reference, _ = multinode_reference
     run = tmp_path / "run"
-    job = submit("train_multinode", run, *job_args(), sbatch=("--nodes=2",), env=NO_GPU)
+    job = submit(template, run, *job_args(), sbatch=(f"--nodes={nodes}",),
+                 env={**NO_GPU, "DENOISE_DIST_NPROC": str(per_node)})
     wait_until_training(run, job)
     slurm("scancel", "--signal=USR1", "--batch", job)
     record = wait_until_ended(job, run)
