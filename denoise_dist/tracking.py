@@ -149,6 +149,15 @@ def resolve_wandb_mode(requested: str, environ=None) -> str:
         return "offline"
 
 
+def _teardown_wandb() -> None:
+    try:
+        import wandb
+
+        wandb.teardown()
+    except Exception:
+        pass  # best effort: the next attempt reports its own failure
+
+
 def _one_line(error: Exception) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"
@@ -190,6 +199,7 @@ class Tracker:
             except Exception as e:  # W&B must never take a training run down
                 failures.append(f"{attempt}: {_one_line(e)}")
                 self._drop_wandb()
+                _teardown_wandb()  # a timed-out init still holds the run id in W&B's service
         if failures:
             outcome = (f"logging offline to {self.run_dir / WANDB_DIR}" if self.run else
                        "continuing without W&B; metrics.jsonl and figures/ still record "

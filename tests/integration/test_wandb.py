@@ -245,18 +245,31 @@ def test_a_wandb_init_failure_warns_once_and_training_goes_on(mnist_root, tmp_pa
     assert_not_blank(run / "figures" / "samples" / "step_00000020.png")
 
 
-def test_online_without_credentials_falls_back_to_offline(mnist_root, tmp_path, wandb_env):
+@pytest.fixture
+def unresponsive_host():
+    """A local W&B 'server' that accepts connections and never answers: an online init
+    times out, as it does behind a firewall that drops packets."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+
+
+def test_an_online_init_that_times_out_continues_offline(mnist_root, tmp_path, wandb_env,
+                                                         unresponsive_host):
     run = tmp_path / "run"
-    env = {**wandb_env, "WANDB_API_KEY": "", "HOME": str(tmp_path / "home"),
-           "NETRC": str(tmp_path / "no-netrc"), "WANDB_MODE": "online"}
+    env = {**wandb_env, "WANDB_BASE_URL": unresponsive_host, "WANDB_INIT_TIMEOUT": "5"}
     result = train(*tiny_args(run, "--report-to", "wandb", "--wandb-mode", "online"), env=env)
     assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stderr.splitlines() if "W&B" in line]
+    warnings = [line for line in result.stderr.splitlines() if "W&B init failed" in line]
     assert len(warnings) == 1, result.stderr
     assert "online:" in warnings[0] and "logging offline" in warnings[0]
     [log] = offline_logs(run)
-    history = history_of(wandb_records(log))
-    assert steps_with(history, "train/loss") == [5, 10, 15, 20]
+    records = wandb_records(log)
+    assert steps_with(history_of(records), "train/loss") == [5, 10, 15, 20]
+    assert [e.exit_code for e in of_type(records, "exit")] == [0]
+    leaked = [p for p in run.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == []
 
 
 def free_port() -> int:
