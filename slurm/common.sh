@@ -11,7 +11,8 @@
 #   (scontrol requeue, PreemptMode=REQUEUE) it restarts the job itself.
 
 PYTHON=${DENOISE_DIST_PYTHON:-python}         # the environment's interpreter (venv/conda)
-MAX_REQUEUES=${DENOISE_DIST_MAX_REQUEUES:-3}  # self-requeues per job after SIGUSR1
+MAX_REQUEUES=${DENOISE_DIST_MAX_REQUEUES:-3}  # requeue after SIGUSR1 only below this many
+                                              # restarts (all restarts count)
 RESTART=${SLURM_RESTART_COUNT:-0}             # how often Slurm has restarted this job
 export WANDB_MODE=${WANDB_MODE:-offline}      # compute nodes: no network; `wandb sync` later
 export PYTHONUNBUFFERED=1                     # log lines appear in the job log as they happen
@@ -82,7 +83,7 @@ finish_training() {
     done
     wait "$TRAIN_PID"  # bash keeps the exit status of a reaped background job
     local status=$?
-    [ -n "$RESENDER" ] && kill "$RESENDER" 2>/dev/null
+    [ -n "$RESENDER" ] && signal_tree TERM "$RESENDER"
     if [ "$status" = 0 ]; then
         log "training finished"
     elif [ -n "$GOT_TERM" ]; then
