@@ -201,7 +201,8 @@ class Tracker:
                 self._drop_wandb()
                 _teardown_wandb()  # a timed-out init still holds the run id in W&B's service
         if failures:
-            outcome = (f"logging offline to {self.run_dir / WANDB_DIR}" if self.run else
+            outcome = (f"logging offline to {self.run_dir / WANDB_DIR}"
+                       if self.run is not None else
                        "continuing without W&B; metrics.jsonl and figures/ still record "
                        "the run")
             warnings.warn(f"W&B init failed ({'; '.join(failures)}); {outcome}")
