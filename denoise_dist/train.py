@@ -320,10 +320,11 @@ def train(cfg: Config) -> dict:
 
 
 def slurm_facts() -> dict:
-    import os
-
-    return {k.lower(): os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_RESTART_COUNT")
-            if k in os.environ}
+    """The SLURM job id and restart count (SLURM sets the count only after a requeue)."""
+    if "SLURM_JOB_ID" not in os.environ:
+        return {}
+    return {"slurm_job_id": os.environ["SLURM_JOB_ID"],
+            "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
 
 
 def last_checkpoint_name(run_dir: Path) -> str:
