@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import time
 import warnings
@@ -294,8 +295,9 @@ def train(cfg: Config) -> dict:
                                                device=accelerator.device), "max").item():
                 save(step)
                 progress.close()
-                console.print(f"stop signal received: checkpointed step {step}, exiting "
-                              f"with code {PREEMPTED_EXIT_CODE} so the job can be requeued")
+                received = signal.Signals(stop.signum).name if stop.signum else "stop signal"
+                console.print(f"{received} received: checkpointed step {step}; exiting with "
+                              f"code {PREEMPTED_EXIT_CODE}. Rerun the same command to resume.")
                 tracker.finish(preempted=True)
                 raise Preempted(f"preempted at step {step}")
         if step % cfg.train.eval_every == 0 or done:
