@@ -190,19 +190,21 @@ def denoise(args: argparse.Namespace) -> int:
     done = 0
     for (height, width), sources in groups.items():
         for chunk in batches(sources, height, width, args.batch_size):
-            images = {}
+            sizes, inputs = {}, []
             for source in chunk:
                 try:
-                    images[source] = read_gray(source, args.max_pixels)
+                    image = read_gray(source, args.max_pixels)
                 except BadImage as e:
                     fail(failures, source, str(e))
-            if not images:
+                    continue
+                sizes[source] = tuple(image.shape[-2:])
+                inputs.append(resize(image[None], (height, width))[0])
+            if not inputs:
                 continue
-            batch = torch.stack([resize(x[None], (height, width))[0] for x in images.values()])
-            denoised = model(batch.to(device)).float().cpu()
-            for (source, original), clean in zip(images.items(), denoised):
+            denoised = model(torch.stack(inputs).to(device)).float().cpu()
+            for (source, size), clean in zip(sizes.items(), denoised):
                 try:
-                    write_gray(resize(clean[None], original.shape[-2:])[0], targets[source])
+                    write_gray(resize(clean[None], size)[0], targets[source])
                     done += 1
                 except OSError as e:
                     fail(failures, source, f"cannot write {targets[source]}: {e}")

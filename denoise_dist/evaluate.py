@@ -58,17 +58,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def noise_levels(base: NoiseConfig, noise: str, sigmas, amounts) -> tuple[str, list]:
-    """(name of the level, [(level, NoiseConfig)]) for the chosen noise type."""
+    """(name of the level, [(level, NoiseConfig)] in increasing level) for the chosen noise."""
     if noise == "salt_pepper":
         if sigmas:
             raise ConfigError("salt_pepper has no sigma; use --amounts")
-        levels = amounts or DEFAULT_AMOUNTS
+        levels = sorted(amounts or DEFAULT_AMOUNTS)
         if not all(0 <= a <= 1 for a in levels):
             raise ConfigError("--amounts must be in [0, 1]")
         return "amount", [(a, replace(base, noise=noise, salt_pepper=a)) for a in levels]
     if amounts:
         raise ConfigError(f"--amounts is for salt_pepper, not {noise}; use --sigmas")
-    levels = sigmas or DEFAULT_SIGMAS
+    levels = sorted(sigmas or DEFAULT_SIGMAS)
     if not all(s >= 0 for s in levels):
         raise ConfigError("--sigmas must be >= 0")
     per_level = "poisson_gaussian" if noise == "poisson_gaussian" else "gaussian"
@@ -150,7 +150,7 @@ def evaluate(args: argparse.Namespace) -> dict:
         }
         for j, method in enumerate(METHODS):
             sums[i, j] = quality_sums(outputs[method], clean)
-    # The hardest images: lowest model PSNR at the last (usually highest) level.
+    # The hardest images: lowest model PSNR at the highest level.
     per_image = torch.zeros(len(test_clean), dtype=torch.float64, device=device)
     per_image[shard] = psnr(outputs["model"], clean).double()
     sums = sum_over_processes(sums, world).cpu()
