@@ -15,10 +15,15 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_db: float = 100.0) -> tor
 
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
-    g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
+    """The 2-D Gaussian window [1, 1, size, size], normalised to sum 1."""
+    g = _gaussian_1d(size, sigma, device)
     return (g[:, None] * g[None, :]).view(1, 1, size, size)
+
+
+def _gaussian_1d(size: int, sigma: float, device=None) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
 
 
 def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = 11, sigma: float = 1.5):
@@ -26,10 +31,12 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = 11, sigma: float 
     K1=0.01, K2=0.03, 'valid' filtering as in the reference implementation)."""
     x, y = pred.double(), target.double()  # float32 variances cancel badly near flat areas
     channels = x.shape[1]
-    window = gaussian_window(size, sigma, x.device).double().expand(channels, 1, size, size)
+    g = _gaussian_1d(size, sigma, x.device)
+    rows = g.view(1, 1, size, 1).expand(channels, 1, size, 1)
+    cols = g.view(1, 1, 1, size).expand(channels, 1, 1, size)
 
-    def blur(t):
-        return F.conv2d(t, window, groups=channels)
+    def blur(t):  # the Gaussian is separable: two 1-D passes cost 2*size, not size**2
+        return F.conv2d(F.conv2d(t, rows, groups=channels), cols, groups=channels)
 
     c1, c2 = 0.01**2, 0.03**2
     mu_x, mu_y = blur(x), blur(y)

@@ -43,7 +43,7 @@ def test_ssim_of_negated_pattern_matches_closed_form():
     # Window statistics vary, but the mean must equal the analytic value per window on average.
     from denoise_dist.metrics import gaussian_window
     import torch.nn.functional as F
-    w = gaussian_window()
+    w = gaussian_window().float()
     mu = F.conv2d(x, w)
     var = F.conv2d(x * x, w) - mu**2
     c1, c2 = 0.01**2, 0.03**2
@@ -57,3 +57,21 @@ def test_psnr_decreases_with_noise():
     low = psnr(clean + 0.01 * torch.randn_like(clean), clean).mean()
     high = psnr(clean + 0.1 * torch.randn_like(clean), clean).mean()
     assert low > high + 15 and math.isfinite(high.item())
+
+
+def test_separable_ssim_equals_the_direct_2d_window():
+    import torch.nn.functional as F
+
+    from denoise_dist.metrics import gaussian_window
+
+    torch.manual_seed(1)
+    x, y = torch.rand(4, 1, 28, 28, dtype=torch.float64), torch.rand(4, 1, 28, 28,
+                                                                     dtype=torch.float64)
+    w = gaussian_window().double()
+    blur = lambda t: F.conv2d(t, w)
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = blur(x), blur(y)
+    vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    direct = (((2 * mx * my + c1) * (2 * cov + c2)) /
+              ((mx**2 + my**2 + c1) * (vx + vy + c2))).flatten(1).mean(1)
+    assert torch.allclose(ssim(x, y), direct, atol=1e-12)
