@@ -99,7 +99,7 @@ def main() -> None:
     budget.add_argument("--steps", type=int, default=3000, help="training steps per model")
     budget.add_argument("--minutes", type=float,
                         help="training wall time per model (converted to steps by a probe)")
-    parser.add_argument("--models", nargs="+", default=["seed_ae", "conv_ae", "unet"],
+    parser.add_argument("--models", nargs="*", default=["seed_ae", "conv_ae", "unet"],
                         help="models trained blind over the sigma range")
     parser.add_argument("--per-sigma-models", nargs="*", default=["unet"],
                         help="models also trained once per sigma")
@@ -157,6 +157,7 @@ def main() -> None:
     num_images = report["num_images"]
     print_table(rows, baselines, sigmas, num_images)
     print_goals(rows, baselines, sigmas)
+    print_psnr_vs_time(sorted(p for p in out.iterdir() if (p / "metrics.jsonl").exists()))
     out.mkdir(parents=True, exist_ok=True)
     (out / "quality.json").write_text(json.dumps(
         {"rows": rows, "baselines": baselines, "num_images": num_images, "cpus": os.cpu_count(),
@@ -182,6 +183,17 @@ def print_table(rows: dict, baselines: dict, sigmas, num_images: int) -> None:
               f" | {row['steps']} | {duration(row['train_time_s'])}{each} |")
     for name, psnr in baselines.items():
         print(f"| {name} | " + " | ".join(f"{psnr[s]:.2f}" for s in sigmas) + " | - | - |")
+
+
+def print_psnr_vs_time(run_dirs: list[Path]) -> None:
+    """Validation PSNR at each evaluation against training time, per run."""
+    print("\nValidation PSNR (dB) against training time (evaluation time excluded)")
+    for run_dir in run_dirs:
+        records = read_metrics(run_dir)
+        time_at = {r["step"]: r["train_time_s"] for r in records if "train_time_s" in r}
+        points = [f"{duration(time_at[r['step']])}: {r['val_psnr']:.2f}"
+                  for r in records if "val_psnr" in r and r["step"] in time_at]
+        print(f"  {run_dir.name:<22} " + ", ".join(points))
 
 
 def print_goals(rows: dict, baselines: dict, sigmas) -> None:
