@@ -309,8 +309,9 @@ def train(cfg: Config) -> dict:
             window_start = time.perf_counter()
     progress.close()
 
-    if not last_metrics:  # resumed a finished run: nothing left to train
-        last_metrics = evaluate(step)
+    if not last_metrics:  # resumed a finished run: score it again, but log nothing twice
+        console.print(f"the run in {run_dir} is already complete at step {step}")
+        last_metrics = evaluator(accelerator.unwrap_model(model))
     summary = {"step": step, "best_val_psnr": state["best_val_psnr"], **baseline,
                **last_metrics, **launch}
     if accelerator.is_main_process:
