@@ -44,7 +44,27 @@ def enospc_at_checkpoint(nth: int) -> None:
     Accelerator.save_state = failing
 
 
-FAULTS = {"nan-at-step": nan_at_step, "enospc-at-checkpoint": enospc_at_checkpoint}
+def stall_in_checkpoint(nth: int) -> None:
+    """The nth checkpoint stalls after its files are written, before its manifest and
+    rename, so that a test can kill -9 the process in the middle of a checkpoint."""
+    import time
+
+    from accelerate import Accelerator
+
+    real, calls = Accelerator.save_state, [0]
+
+    def stalling(self, output_dir=None, **kwargs):
+        result = real(self, output_dir, **kwargs)
+        calls[0] += 1
+        if calls[0] == nth:
+            time.sleep(600)
+        return result
+
+    Accelerator.save_state = stalling
+
+
+FAULTS = {"nan-at-step": nan_at_step, "enospc-at-checkpoint": enospc_at_checkpoint,
+          "stall-in-checkpoint": stall_in_checkpoint}
 
 if __name__ == "__main__":
     name, value = sys.argv[1].split("=")
