@@ -277,12 +277,7 @@ def train(cfg: Config) -> dict:
         if step % cfg.train.log_every == 0 or step % cfg.train.checkpoint_every == 0 or done:
             # One sync per window: global mean loss per step, then look for NaN/Inf.
             losses = accelerator.reduce(torch.stack(window_losses), "mean").tolist()
-            first = step - len(losses) + 1
-            for offset, (loss_value, _) in enumerate(losses):
-                if not math.isfinite(loss_value):
-                    raise TrainingDiverged(
-                        f"loss became {loss_value} at step {first + offset}; last good "
-                        f"checkpoint: {last_checkpoint_name(run_dir)}")
+            check_finite([loss for loss, _ in losses], step, run_dir)
             elapsed = time.perf_counter() - window_start
             state["train_time_s"] += elapsed
             record = {"epoch": epoch, "loss": losses[-1][0], "grad_norm": losses[-1][1],
@@ -331,9 +326,14 @@ def slurm_facts() -> dict:
             "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
 
 
-def last_checkpoint_name(run_dir: Path) -> str:
-    found = checkpoint.list_checkpoints(run_dir)
-    return str(found[0]) if found else "none"
+def check_finite(losses: list[float], last_step: int, run_dir: Path) -> None:
+    """Stop at the first NaN/Inf loss of a window, before anything is checkpointed."""
+    first_step = last_step - len(losses) + 1
+    for offset, loss in enumerate(losses):
+        if not math.isfinite(loss):
+            found = checkpoint.list_checkpoints(run_dir)
+            raise TrainingDiverged(f"loss became {loss} at step {first_step + offset}; last "
+                                   f"good checkpoint: {found[0] if found else 'none'}")
 
 
 def sample_images(cfg: Config, test_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
