@@ -1,13 +1,14 @@
 """Real short trainings on the real MNIST, through the CLI, as a user runs them."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from denoise_dist import load_model
-from tests.conftest import run_cli, tiny_args
+from tests.conftest import require, run_cli, tiny_args
 
 pytestmark = pytest.mark.integration
 
@@ -108,3 +109,20 @@ def test_python_dash_m_entry_point(mnist_root, tmp_path):
     result = run_cli(*tiny_args(tmp_path / "r", "--max-steps", "5"), module="denoise_dist.train")
     assert result.returncode == 0, result.stderr
     assert "world_size=1" in result.stdout
+
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+def test_fashion_mnist_by_name_from_gzipped_idx(tmp_path):
+    require(FASHION.is_dir(), "Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"  # torchvision's layout
+    raw.mkdir(parents=True)
+    for gz in FASHION.glob("*-ubyte.gz"):
+        (raw / gz.name).symlink_to(gz)
+    run = tmp_path / "run"
+    result = run_cli("train", *tiny_args(run, "--dataset", "fashion_mnist", "--max-steps", "30",
+                                         "--data-dir", str(tmp_path / "data"), "--no-download"))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_psnr"] > summary["val_psnr_noisy"] + 3
