@@ -23,10 +23,12 @@ pytestmark = pytest.mark.integration
 
 CONFIGS = REPO / "accelerate_configs"
 FAULT_SCRIPT = Path(__file__).with_name("inject_rank_fault.py")
-# 2-process DDP adds two half-batch gradients where 1 process sums one batch: the same
-# numbers in a different order, so results agree to float rounding (seen: 5e-8 on the
-# weights and 1e-7 relative on the loss after 20 steps), not bit for bit.
-WEIGHT_ATOL = 1e-5
+# 2-process DDP adds two half-batch gradients where 1 process sums one batch, and oneDNN
+# may pick other conv kernels for the smaller batch: the same numbers in a different order,
+# so results agree to float rounding, not bit for bit. Adam divides by sqrt(v), which
+# magnifies rounding in weights whose gradients are tiny (seen after 20 steps: 1.0e-5 on
+# one weight of 9216 with channels-last weights, 5e-8 without; loss within 1e-7 relative).
+WEIGHT_ATOL = 1e-4
 LOSS_RTOL = 1e-5
 PSNR_ATOL_DB = 1e-4
 STEPS = 20
