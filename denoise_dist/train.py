@@ -244,7 +244,7 @@ def train(cfg: Config) -> dict:
 
     step, epoch, perm = state["step"], -1, None
     window_losses, window_start, last_metrics = [], time.perf_counter(), {}
-    progress = make_progress(console, total, step)
+    progress = ProgressBar(console, total, step)
     model.train()
     while step < total:
         epoch_now, step_in_epoch = divmod(step, sharding.steps_per_epoch)
@@ -358,7 +358,7 @@ def write_outputs(cfg: Config, run_dir: Path, model, samples, summary: dict, tra
     atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))
 
 
-class make_progress:
+class ProgressBar:
     """A rich progress bar on an interactive main process; silent elsewhere (logs get
     the per-evaluation lines instead)."""
 
