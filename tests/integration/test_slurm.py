@@ -200,19 +200,26 @@ def test_multinode_template_trains_on_both_nodes(multinode_reference):
     assert json.loads((run / "summary.json").read_text())["world_size"] == 2
 
 
-def test_usr1_checkpoints_requeues_and_resumes_exactly(cpu_reference, tmp_path):
-    _, reference, _ = cpu_reference
-    run = tmp_path / "run"
-    # W&B on, in the template's default mode (offline): the restart continues its run.
-    job = submit("train_cpu", run, *job_args("--report-to", "wandb"), env={"WANDB_MODE": None})
-    wait_until_training(run, job)
-    slurm("scancel", "--signal=USR1", "--batch", job)  # what --signal=B:USR1@... sends
+def preempt_and_finish(job: str, run) -> tuple[str, int]:
+    """Send what `--signal=B:USR1@...` sends; the job must checkpoint, requeue once and
+    complete. Returns its log and the step it was preempted at."""
+    slurm("scancel", "--signal=USR1", "--batch", job)
     record = wait_until_ended(job, run)
     log = job_log(run, job)
     assert_completed(record, run, job)
     assert record["Restarts"] == "1"
     stopped_at = int(re.search(r"preempted at step (\d+)", log).group(1))
     assert stopped_at < STEPS
+    return log, stopped_at
+
+
+def test_usr1_checkpoints_requeues_and_resumes_exactly(cpu_reference, tmp_path):
+    _, reference, _ = cpu_reference
+    run = tmp_path / "run"
+    # W&B on, in the template's default mode (offline): the restart continues its run.
+    job = submit("train_cpu", run, *job_args("--report-to", "wandb"), env={"WANDB_MODE": None})
+    wait_until_training(run, job)
+    log, stopped_at = preempt_and_finish(job, run)
     assert "SIGUSR1: asking training to checkpoint" in log
     assert "requeueing (restart 1 of at most 3)" in log
     assert f"[denoise-dist job {job} restart 1]" in log  # SLURM_RESTART_COUNT=1
@@ -236,13 +243,7 @@ def test_usr1_reaches_the_workers_under_accelerate_launch(multinode_reference, t
     job = submit(template, run, *job_args(), sbatch=(f"--nodes={nodes}",),
                  env={**NO_GPU, "DENOISE_DIST_NPROC": str(per_node)})
     wait_until_training(run, job)
-    slurm("scancel", "--signal=USR1", "--batch", job)
-    record = wait_until_ended(job, run)
-    log = job_log(run, job)
-    assert_completed(record, run, job)
-    assert record["Restarts"] == "1"
-    stopped_at = int(re.search(r"preempted at step (\d+)", log).group(1))
-    assert stopped_at < STEPS
+    log, stopped_at = preempt_and_finish(job, run)
     assert f"[denoise-dist job {job} restart 1]" in log
     assert f"at step {stopped_at}" in log.split("resumed from")[1].splitlines()[0]
     assert_same_weights(run, reference)
