@@ -2,5 +2,5 @@
 
 from denoise_dist.export import load_model
 
-__version__ = "0.1.0"
-__all__ = ["load_model", "__version__"]
+__version__ = "0.2.0"
+__all__ = ["__version__", "load_model"]

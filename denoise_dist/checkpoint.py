@@ -1,8 +1,8 @@
 """Atomic, verified checkpoints and automatic resume.
 
 A checkpoint is a folder `checkpoints/step_XXXXXXXX/` holding `accelerator.save_state`'s
-files, our `train_state.json`, and last a `manifest.json` with each file's size and
-SHA-256. It is written under a `.partial` name and renamed into place only when complete,
+files, our `train_state.json`, any extra weights (the EMA) as safetensors, and last a
+`manifest.json` with each file's size and SHA-256. It is written under a `.partial` name and renamed into place only when complete,
 so a kill at any moment leaves the previous checkpoints untouched. On resume a checkpoint
 whose manifest is missing or does not match is skipped with a warning.
 """
@@ -25,12 +25,14 @@ STATE_FILE = "train_state.json"
 MANIFEST = "manifest.json"
 NAME = re.compile(r"^step_(\d{8})$")
 # Fields that may change between a run and its resume without changing what is trained.
+# (max_steps and epochs may change only where the schedule does not depend on the run's
+# length: `check_length`.)
 RESUMABLE_FIELDS = frozenset({
     "data_dir", "download", "eval_sigmas", "max_steps", "epochs", "eval_every", "log_every",
     "output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "debug",
-    "cpu", "mixed_precision", "dist_timeout", "report_to", "wandb_mode", "wandb_project", "wandb_entity",
-    "run_name",
-})
+    "cpu", "mixed_precision", "compile", "dist_timeout", "profile", "report_to", "wandb_mode",
+    "wandb_project", "wandb_entity", "run_name",
+})  # fmt: skip
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -102,8 +104,26 @@ def check_compatible(saved: Config, current: Config, where: Path) -> None:
             f"another --output-dir, or --overwrite to replace it")
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int) -> Path:
-    """Save on all ranks together; rename into place only once every file is on disk."""
+def check_length(saved: Config, saved_total: int | None, current: Config, total: int,
+                 where: Path) -> None:  # fmt: skip
+    """Refuse a resume that changes the run's length where the learning-rate schedule
+    depends on it: the resumed steps would not be the ones of either run."""
+    if saved_total is None or saved_total == total or current.optim.schedule == "constant":
+        return
+    fields = [f for f in ("max_steps", "epochs") if getattr(saved.train, f) != getattr(current.train, f)]
+    named = " and ".join(f"--{f.replace('_', '-')}" for f in fields) or "the run length"
+    raise CheckpointError(
+        f"{where} was started for {saved_total} steps; {named} now asks for {total}, and its "
+        f"{current.optim.schedule} learning-rate schedule depends on the total, so the resumed "
+        f"run would match neither. Keep the length, or start a new --output-dir (a constant "
+        f"schedule can be extended exactly)"
+    )
+
+
+def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int,
+                    extra: dict[str, dict] | None = None) -> Path:  # fmt: skip
+    """Save on all ranks together; rename into place only once every file is on disk.
+    `extra`: more weights (file name -> state dict), written by the main process."""
     final = checkpoint_dir(run_dir, step)
     partial = final.with_name(final.name + ".partial")
     if accelerator.is_main_process:
@@ -115,6 +135,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             atomic_write_text(partial / STATE_FILE, json.dumps(state, indent=2, sort_keys=True))
+            for name, tensors in (extra or {}).items():
+                save_tensors(tensors, partial / name)
             write_manifest(partial)  # last: its presence means the rest is complete
             if final.exists():  # same step saved again (e.g. a resumed run's last step)
                 shutil.rmtree(final)
@@ -138,6 +160,19 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
 def prune(run_dir: Path, keep: int) -> None:
     for old in list_checkpoints(run_dir)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def save_tensors(tensors: dict, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(path))
+
+
+def load_tensors(path: Path, device) -> dict | None:
+    """Weights saved with `extra`, or None if this checkpoint has none under that name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(path), device=str(device)) if path.is_file() else None
 
 
 def load_checkpoint(accelerator, folder: Path) -> dict:

@@ -21,6 +21,12 @@ def identity(noisy: torch.Tensor) -> torch.Tensor:
     return noisy
 
 
+def in_batches(method, images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """`method` applied `batch_size` images at a time (bounds memory)."""
+    parts = [method(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
+    return torch.cat(parts) if parts else images[:0]
+
+
 def gaussian_kernel_1d(width: float, device=None) -> torch.Tensor:
     radius = max(1, math.ceil(3 * width))
     x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)

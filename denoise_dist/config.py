@@ -3,6 +3,7 @@
 Each pipeline stage owns a small dataclass. Field names are unique across sections, so
 every field is also a flat CLI flag (`batch_size` -> `--batch-size`) and a flat YAML key.
 A YAML file may use either flat keys or the section form (`optim: {lr: 0.001}`).
+The choices of dataset, noise, model and tracker come from those stages' tables.
 All checks live in `validate`; any problem raises `ConfigError` with a one-line message.
 """
 
@@ -15,17 +16,20 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
+from denoise_dist.data import DATASETS, FOLDER
 from denoise_dist.errors import ConfigError
+from denoise_dist.models import MODELS
+from denoise_dist.noise import NOISES
+from denoise_dist.trackers import SINKS
 
-DATASETS = ("mnist", "fashion_mnist", "kmnist")
-NOISES = ("gaussian", "gaussian_blind", "salt_pepper", "poisson_gaussian")
-MODELS = ("seed_ae", "conv_ae", "unet")
 SCHEDULES = ("constant", "cosine")
-PRECISIONS = ("no", "fp16", "bf16")
-REPORT_TO = ("none", "wandb")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+REPORT_TO = ("none", "all", *SINKS)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
+# Spellings that earlier versions and YAML's booleans produce, and what they mean now.
+ALIASES = {"mixed_precision": {"no": "auto", False: "auto"}}
 
 
 def doc(text: str, **kw) -> Any:
@@ -35,35 +39,50 @@ def doc(text: str, **kw) -> Any:
 
 @dataclass
 class DataConfig:
-    dataset: str = doc("Dataset name: mnist, fashion_mnist or kmnist.", default="mnist")
-    data_dir: Optional[str] = doc(
-        "Data root. Default: $DENOISE_DIST_DATA, else ./data.", default=None)
-    val_size: int = doc("Training images held out for validation.", default=5000)
+    dataset: str = doc(
+        f"Dataset: {', '.join(DATASETS)} (a folder of your own images, with --data-dir).",
+        default="mnist",
+    )
+    data_dir: str | None = doc(
+        "Data root (for folder: the image folder). Default: $DENOISE_DIST_DATA, else ./data.",
+        default=None,
+    )
+    val_size: int | None = doc(
+        "Held out for validation: images (MNIST-style), or files (folder). "
+        "Default: 5000 images, or a fifth of the files.",
+        default=None,
+    )
+    patch_size: int = doc("Side of the random training crops (folder).", default=64)
     download: bool = doc("Download the dataset if it is missing (needs network).", default=True)
 
 
 @dataclass
 class NoiseConfig:
-    noise: str = doc("Noise model: gaussian, gaussian_blind, salt_pepper or poisson_gaussian.",
-                     default="gaussian")
-    sigma: float = doc("Gaussian std on the [0,1] pixel scale (also the read noise of "
-                       "poisson_gaussian).", default=0.5)
+    noise: str = doc(f"Noise model: {', '.join(NOISES)}.", default="gaussian")
+    sigma: float = doc(
+        "Gaussian std on the [0,1] pixel scale (also the read noise of poisson_gaussian).",
+        default=0.5,
+    )
     sigma_min: float = doc("Lowest per-image sigma for gaussian_blind.", default=0.1)
     sigma_max: float = doc("Highest per-image sigma for gaussian_blind.", default=0.7)
     salt_pepper: float = doc("Fraction of pixels flipped to 0 or 1 by salt_pepper.", default=0.2)
     photons: float = doc("Photon count at full brightness for poisson_gaussian.", default=20.0)
     eval_sigmas: tuple[float, ...] = doc(
-        "Extra sigmas to report validation PSNR/SSIM at (Gaussian noise).", default=())
-    eval_seed: int = doc("Seed of the fixed noisy evaluation sets (same for every run).",
-                         default=1234)
+        "Extra sigmas to report validation PSNR/SSIM at (Gaussian noise).", default=()
+    )
+    eval_seed: int = doc(
+        "Seed of the fixed noisy evaluation sets (same for every run).", default=1234
+    )
 
 
 @dataclass
 class ModelConfig:
-    model: str = doc("Model: unet (best), conv_ae, or seed_ae (the original report's).",
-                     default="unet")
-    width: int = doc("Channels of the first level (unet, conv_ae); seed_ae ignores it.",
-                     default=32)
+    model: str = doc(
+        "Model: " + "; ".join(f"{name}: {spec.summary}" for name, spec in MODELS.items()) + ".",
+        default="unet",
+    )
+    width: int = doc("Channels of the first level (unet, conv_ae).", default=32)
+    depth: int = doc("Resolution levels of unet (each halves the size).", default=2)
     dropout: float = doc("Dropout on seed_ae's linear code.", default=0.2)
 
 
@@ -75,42 +94,78 @@ class OptimConfig:
     warmup_steps: int = doc("Linear warmup steps.", default=0)
     grad_clip: float = doc("Clip the gradient norm to this (0 disables).", default=1.0)
     grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=1)
+    ema_decay: float = doc(
+        "Keep an exponential moving average of the weights with this decay (0: off); "
+        "the average is what is evaluated and exported.",
+        default=0.0,
+    )
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = doc("Global batch per optimizer step, split across processes.",
-                          default=128)
-    max_steps: Optional[int] = doc("Optimizer steps to train; overrides --epochs.", default=None)
+    batch_size: int = doc("Global batch per optimizer step, split across processes.", default=128)
+    max_steps: int | None = doc("Optimizer steps to train; overrides --epochs.", default=None)
     epochs: float = doc("Epochs to train when --max-steps is not set.", default=1.0)
-    eval_every: int = doc("Evaluate on the validation set every N steps (and at the end).",
-                          default=250)
+    eval_every: int = doc(
+        "Evaluate on the validation set every N steps (and at the end).", default=250
+    )
     log_every: int = doc("Write a metrics.jsonl line every N steps.", default=25)
     seed: int = doc("Seed for init, data order and noise.", default=0)
-    mixed_precision: str = doc("fp16 or bf16 force that precision; no (default) keeps the "
-                               "launcher's choice (an accelerate config), else fp32.",
-                               default="no")
-    cpu: bool = doc("Force the CPU even when a GPU is present.", default=False)
-    output_dir: str = doc("Run folder.", default="runs/default")
-    resume: str = doc("auto (newest valid checkpoint in the run folder), never, or a "
-                      "checkpoint path.", default="auto")
-    overwrite: bool = doc("Delete an existing run folder's contents and start fresh.",
-                          default=False)
+    mixed_precision: str = doc(
+        "auto (the launcher's choice, from an accelerate config; else fp32), fp32, fp16 "
+        "or bf16.",
+        default="auto",
+    )
+    compile: bool = doc(
+        "torch.compile the training step (CUDA graphs on a GPU). Off by default until it "
+        "has passed the gpu test tier on a real GPU.",
+        default=False,
+    )
+    cpu: bool = doc("Use the CPU even when a GPU is present.", default=False)
+    output_dir: str | None = doc(
+        "Run folder. Default: runs/default, or runs/sweep-<id>/<run id> under a W&B sweep "
+        "agent.",
+        default=None,
+    )
+    resume: str = doc(
+        "auto (newest valid checkpoint in the run folder), never, or a checkpoint path.",
+        default="auto",
+    )
+    overwrite: bool = doc(
+        "Delete an existing run folder's contents and start fresh (never in a requeued "
+        "or restarted job: that resumes).",
+        default=False,
+    )
     checkpoint_every: int = doc("Checkpoint every N steps (and at the end).", default=250)
     keep_checkpoints: int = doc("How many recent checkpoints to keep.", default=2)
-    dist_timeout: int = doc("Seconds a process waits for the others (in a collective) "
-                            "before the job fails.", default=600)
+    dist_timeout: int = doc(
+        "Seconds a process waits for the others (in a collective) before the job fails.",
+        default=600,
+    )
+    profile: bool = doc(
+        "Write a torch.profiler trace of a few steps to <run>/profile (TensorBoard, "
+        "Perfetto).",
+        default=False,
+    )
     debug: bool = doc("Show full tracebacks.", default=False)
 
 
 @dataclass
 class TrackingConfig:
-    report_to: str = doc("Experiment tracker: none or wandb.", default="none")
-    wandb_mode: str = doc("auto (online with an API key and network, else offline), online, "
-                          "offline or disabled.", default="auto")
+    report_to: tuple[str, ...] = doc(
+        f"Trackers: {', '.join(SINKS)}, several, all or none. metrics.jsonl and figures "
+        "are always written.",
+        default=(),
+    )
+    wandb_mode: str = doc(
+        "auto (online with an API key and network, else offline), online, offline or disabled.",
+        default="auto",
+    )
     wandb_project: str = doc("W&B project.", default="denoise-dist")
-    wandb_entity: Optional[str] = doc("W&B entity (team or user).", default=None)
-    run_name: Optional[str] = doc("Run name shown by trackers.", default=None)
+    wandb_entity: str | None = doc("W&B entity (team or user).", default=None)
+    run_name: str | None = doc(
+        "Run name shown by trackers. Default: <model>-<noise>-<run id>.", default=None
+    )
 
 
 @dataclass
@@ -166,8 +221,9 @@ def _coerce(name: str, value: Any, tp) -> Any:
             return None
         raise ConfigError(f"{name} must not be empty")
     if typing.get_origin(base) is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        return tuple(_coerce(name, v, float) for v in items)
+        item_type = typing.get_args(base)[0]
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(_coerce(name, v, item_type) for v in items)
     if base is bool:
         if isinstance(value, bool):
             return value
@@ -177,7 +233,7 @@ def _coerce(name: str, value: Any, tp) -> Any:
             return value
         raise ConfigError(f"{name} must be an integer, got {value!r}")
     if base is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
         raise ConfigError(f"{name} must be a number, got {value!r}")
     if base is str:
@@ -199,7 +255,10 @@ def overlay(cfg: Config, values: dict, source: str) -> Config:
         name = key.replace("-", "_")
         if name not in FIELDS:
             raise ConfigError(f"unknown key {key!r} in {source}")
-        section, f, tp = FIELDS[name]
+        section, _, tp = FIELDS[name]
+        aliases = ALIASES.get(name, {})
+        if isinstance(value, str | bool) and value in aliases:
+            value = aliases[value]
         setattr(getattr(cfg, section), name, _coerce(name, value, tp))
     return cfg
 
@@ -222,9 +281,18 @@ def load_yaml(path: str) -> dict:
     return values
 
 
-def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+def _choice(name: str, value: str, choices) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def trackers(report_to: tuple[str, ...]) -> tuple[str, ...]:
+    """The trackers a --report-to list names: `all` is every one, `none` (or nothing) none."""
+    for name in report_to:
+        _choice("report_to", name, REPORT_TO)
+    if "all" in report_to:
+        return tuple(SINKS)
+    return tuple(dict.fromkeys(name for name in report_to if name != "none"))
 
 
 def validate(cfg: Config) -> Config:
@@ -235,22 +303,31 @@ def validate(cfg: Config) -> Config:
     _choice("model", m.model, MODELS)
     _choice("schedule", o.schedule, SCHEDULES)
     _choice("mixed_precision", t.mixed_precision, PRECISIONS)
-    _choice("report_to", k.report_to, REPORT_TO)
     _choice("wandb_mode", k.wandb_mode, WANDB_MODES)
+    k.report_to = trackers(k.report_to)
     checks = [
-        (d.val_size >= 1, "val_size must be at least 1"),
+        (d.val_size is None or d.val_size >= 1, "val_size must be at least 1"),
+        (d.patch_size >= 8, f"patch_size must be >= 8, got {d.patch_size}"),
+        (d.dataset != FOLDER or d.data_dir, "dataset folder needs --data-dir (the image folder)"),
+        (
+            d.dataset != FOLDER or MODELS[m.model].fully_convolutional,
+            f"{m.model} takes 28x28 images only, so it cannot train on crops of a folder; "
+            f"use {' or '.join(n for n, s in MODELS.items() if s.fully_convolutional)}",
+        ),
         (n.sigma >= 0, f"sigma must be >= 0, got {n.sigma}"),
         (0 <= n.sigma_min <= n.sigma_max, "need 0 <= sigma_min <= sigma_max"),
         (0 <= n.salt_pepper <= 1, "salt_pepper must be in [0, 1]"),
         (n.photons > 0, "photons must be > 0"),
         (all(s >= 0 for s in n.eval_sigmas), "eval_sigmas must be >= 0"),
         (m.width >= 1, "width must be >= 1"),
+        (1 <= m.depth <= 6, "depth must be in 1..6"),
         (0 <= m.dropout < 1, "dropout must be in [0, 1)"),
         (o.lr > 0, f"lr must be > 0, got {o.lr}"),
         (o.weight_decay >= 0, "weight_decay must be >= 0"),
         (o.warmup_steps >= 0, "warmup_steps must be >= 0"),
         (o.grad_clip >= 0, "grad_clip must be >= 0"),
         (o.grad_accum >= 1, "grad_accum must be >= 1"),
+        (0 <= o.ema_decay < 1, f"ema_decay must be in [0, 1), got {o.ema_decay}"),
         (t.batch_size >= 1, f"batch_size must be >= 1, got {t.batch_size}"),
         (t.max_steps is None or t.max_steps >= 1, "max_steps must be >= 1"),
         (t.epochs > 0, "epochs must be > 0"),
@@ -260,8 +337,10 @@ def validate(cfg: Config) -> Config:
         (t.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
         (t.dist_timeout >= 1, "dist_timeout must be >= 1"),
         (t.output_dir != "", "output_dir must not be empty"),
-        (t.batch_size % o.grad_accum == 0,
-         f"batch_size {t.batch_size} must divide by grad_accum {o.grad_accum}"),
+        (
+            t.batch_size % o.grad_accum == 0,
+            f"batch_size {t.batch_size} must divide by grad_accum {o.grad_accum}",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -275,6 +354,7 @@ def from_dict(values: dict) -> Config:
 
 
 # --- CLI -------------------------------------------------------------------------------
+
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per field; defaults are suppressed so only explicit flags overlay."""
@@ -290,7 +370,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             if base is bool:
                 group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
             elif typing.get_origin(base) is tuple:
-                group.add_argument(flag, type=float, nargs="*", **kwargs)
+                item_type = typing.get_args(base)[0]
+                group.add_argument(flag, type=item_type, nargs="*", **kwargs)
             else:
                 group.add_argument(flag, type=base, **kwargs)
 
@@ -308,5 +389,8 @@ def diff(a: Config, b: Config, ignore: frozenset[str] = frozenset()) -> list[str
     """Human-readable `name: old -> new` for every differing field not in `ignore`."""
     flat_a = {k: v for s in a.to_dict().values() for k, v in s.items()}
     flat_b = {k: v for s in b.to_dict().values() for k, v in s.items()}
-    return [f"{k}: {flat_a[k]!r} -> {flat_b[k]!r}"
-            for k in flat_a if k not in ignore and flat_a[k] != flat_b[k]]
+    return [
+        f"{k}: {flat_a[k]!r} -> {flat_b[k]!r}"
+        for k in flat_a
+        if k not in ignore and flat_a[k] != flat_b[k]
+    ]

@@ -1,8 +1,18 @@
-"""Datasets as one uint8 tensor, and index-based batches sharded across ranks.
+"""Training data as uint8 tensors on the device, and batches that are pure functions of
+(seed, epoch, step), sharded across ranks.
 
-No Dataset/DataLoader and no per-sample transforms: a batch is `images[indices]`, taken
-from a per-epoch seeded permutation, so any step's batch can be recomputed from
-(seed, epoch, step) alone. That is what makes resume and world-size changes exact.
+No Dataset/DataLoader and no per-sample transforms. Two kinds of dataset (`DATASETS`):
+
+- MNIST-style (mnist, fashion_mnist, kmnist): IDX files in torchvision's layout, one
+  uint8 tensor [N, 28, 28]. A step's global batch is a slice of the epoch's seeded
+  permutation.
+- folder: the user's own images of any size (PNG, JPEG, TIFF, BMP; searched
+  recursively), packed into one flat uint8 tensor. A step's global batch is random
+  `patch_size` crops whose image and position are a hash of (seed, step, row).
+
+Either way rank r computes only rows [r*B/W, (r+1)*B/W) of the global batch, and gets
+exactly what a single process gets for those rows. That is what makes resume and
+world-size changes exact.
 """
 
 from __future__ import annotations
@@ -10,29 +20,41 @@ from __future__ import annotations
 import gzip
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from denoise_dist import images as image_files
+from denoise_dist import rng
 from denoise_dist.errors import DataError
-from denoise_dist.rng import generator
 
 DATA_ENV = "DENOISE_DIST_DATA"
 DEFAULT_ROOT = "./data"
-# torchvision's folder (root/<name>/raw) and download logic for each dataset.
+FOLDER = "folder"
+# MNIST-style datasets: torchvision's folder name (root/<name>/raw) and download class.
 TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
+DATASETS = (*TORCHVISION_NAMES, FOLDER)
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 SPLIT_SEED = 0  # the validation split is the same for every run seed
+DEFAULT_VAL_SIZE = 5000  # MNIST-style: images; a folder holds out a fifth of its files
+VAL_CROPS_PER_IMAGE = 16
+NUM_SAMPLES = 8  # rows of the noisy | denoised | clean grid
 DOWNLOAD_TIMEOUT_S = 20
+DEVICE_MEMORY_SHARE = 0.5  # keep a folder's pixels on the GPU only below this share of free memory
 
 
-def resolve_data_root(flag: str | None) -> Path:
-    """--data-dir, then $DENOISE_DIST_DATA, then ./data."""
-    return Path(flag or os.environ.get(DATA_ENV) or DEFAULT_ROOT).expanduser()
+def resolve_data_root(*candidates: str | None) -> Path:
+    """The first given candidate (e.g. --data-dir), then $DENOISE_DIST_DATA, then ./data."""
+    given = [c for c in candidates if c]
+    return Path(given[0] if given else os.environ.get(DATA_ENV) or DEFAULT_ROOT).expanduser()
+
+
+# --- MNIST-style IDX files --------------------------------------------------------------
 
 
 def read_idx(path: Path) -> torch.Tensor:
@@ -47,12 +69,11 @@ def read_idx(path: Path) -> torch.Tensor:
     header = 4 + 4 * ndim
     if ndim == 0 or len(raw) < header:
         raise DataError(f"{path} has a truncated header")
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + _prod(shape)
     if len(raw) != expected:
         raise DataError(f"{path} is truncated or padded: {len(raw)} bytes, header says {expected}")
-    data = torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8)
-    return data.reshape(shape)
+    return torch.frombuffer(bytearray(raw[header:]), dtype=torch.uint8).reshape(shape)
 
 
 def _prod(xs: list[int]) -> int:
@@ -78,8 +99,10 @@ def _download(dataset: str, root: Path) -> None:
         probe.touch()
         probe.unlink()
     except OSError:
-        raise DataError(f"{dataset} is missing and {root} is not writable, so it cannot be "
-                        f"downloaded there; pass --data-dir to a writable folder") from None
+        raise DataError(
+            f"{dataset} is missing and {root} is not writable, so it cannot be downloaded "
+            f"there; pass --data-dir to a writable folder"
+        ) from None
     cls = getattr(torchvision.datasets, TORCHVISION_NAMES[dataset])
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # offline must fail fast, never hang
@@ -87,8 +110,9 @@ def _download(dataset: str, root: Path) -> None:
         cls(str(root), train=True, download=True)
         cls(str(root), train=False, download=True)
     except Exception as e:  # torchvision raises RuntimeError/URLError/OSError variously
-        raise DataError(f"download of {dataset} failed ({type(e).__name__}); "
-                        f"{_where_to_put(dataset, root)}") from None
+        raise DataError(
+            f"download of {dataset} failed ({type(e).__name__}); {_where_to_put(dataset, root)}"
+        ) from None
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -96,8 +120,10 @@ def _download(dataset: str, root: Path) -> None:
 def _where_to_put(dataset: str, root: Path) -> str:
     raw_dir = root / TORCHVISION_NAMES[dataset] / "raw"
     names = ", ".join(n for pair in FILES.values() for n in pair)
-    return (f"put {names} (or their .gz) in {raw_dir}, or point --data-dir / ${DATA_ENV} "
-            f"at a folder that has {TORCHVISION_NAMES[dataset]}/raw/")
+    return (
+        f"put {names} (or their .gz) in {raw_dir}, or point --data-dir / ${DATA_ENV} at a "
+        f"folder that has {TORCHVISION_NAMES[dataset]}/raw/"
+    )
 
 
 def load_split(dataset: str, root: Path, split: str, download: bool = True) -> torch.Tensor:
@@ -108,8 +134,8 @@ def load_split(dataset: str, root: Path, split: str, download: bool = True) -> t
         if not download:
             raise DataError(f"{dataset} {split} files not found; {_where_to_put(dataset, root)}")
         _download(dataset, root)
-    images = read_idx(_find(raw_dir, image_name))
-    labels = read_idx(_find(raw_dir, label_name))
+    images = read_idx(_find(raw_dir, image_name))  # type: ignore[arg-type]
+    labels = read_idx(_find(raw_dir, label_name))  # type: ignore[arg-type]
     if images.ndim != 3:
         raise DataError(f"{raw_dir / image_name} holds {images.ndim}-d data, expected images")
     if len(images) != len(labels):
@@ -121,7 +147,7 @@ def split_train_val(images: torch.Tensor, val_size: int) -> tuple[torch.Tensor, 
     """Hold out `val_size` training images by a fixed permutation (independent of run seed)."""
     if val_size >= len(images):
         raise DataError(f"val_size {val_size} leaves no training images (have {len(images)})")
-    perm = torch.randperm(len(images), generator=generator("split", SPLIT_SEED))
+    perm = torch.randperm(len(images), generator=rng.generator("split", SPLIT_SEED))
     return images[perm[val_size:]], images[perm[:val_size]]
 
 
@@ -130,14 +156,81 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
     return images.unsqueeze(1).float().div_(255)
 
 
+# --- a folder of the user's own images --------------------------------------------------
+
+
+def folder_files(root: Path, val_size: int | None) -> tuple[list[Path], list[Path]]:
+    """(training files, held-out files) of an image folder, split by a fixed permutation
+    of the sorted file list (the same split for every run)."""
+    if not root.is_dir():
+        raise DataError(f"--data-dir {root} is not a folder")
+    files = image_files.find_images(root, recursive=True)
+    if not files:
+        raise DataError(f"{root} holds no PNG, JPEG, TIFF or BMP files (searched recursively)")
+    held_out = val_size if val_size is not None else max(1, len(files) // 5)
+    if held_out >= len(files):
+        raise DataError(
+            f"val_size {held_out} leaves no training files ({root} holds {len(files)} images)"
+        )
+    perm = torch.randperm(len(files), generator=rng.generator("split", SPLIT_SEED)).tolist()
+    return [files[i] for i in sorted(perm[held_out:])], [files[i] for i in sorted(perm[:held_out])]
+
+
+def read_folder_images(files: list[Path], min_size: int = 1) -> list[tuple[Path, torch.Tensor]]:
+    """[(path, uint8 [H, W])] for every readable file at least `min_size` a side; each
+    unreadable or too small file is one warning naming it."""
+    loaded = []
+    for path in files:
+        try:
+            pixels = image_files.read_uint8(path, max_pixels=2**31)
+        except image_files.BadImage as e:
+            warnings.warn(f"skipped {path}: {e}", stacklevel=2)
+            continue
+        if min(pixels.shape) < min_size:
+            warnings.warn(
+                f"skipped {path}: {pixels.shape[1]}x{pixels.shape[0]} is smaller than "
+                f"--patch-size {min_size}",
+                stacklevel=2,
+            )
+            continue
+        loaded.append((path, pixels))
+    return loaded
+
+
+def fixed_crops(images: list[torch.Tensor], size: int, per_image: int) -> torch.Tensor:
+    """uint8 [N, size, size]: up to `per_image` crops of each image on a regular grid."""
+    crops = []
+    for pixels in images:
+        height, width = pixels.shape
+        side = max(1, int(per_image**0.5))
+        ys = torch.linspace(0, height - size, side).round().long().unique().tolist()
+        xs = torch.linspace(0, width - size, side).round().long().unique().tolist()
+        crops += [pixels[y : y + size, x : x + size] for y in ys for x in xs]
+    return torch.stack(crops)
+
+
+def bytes_available(device: torch.device) -> int:
+    """Free memory where `device`'s tensors live (host memory for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 2**63
+
+
+# --- training sets ----------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class Sharding:
-    """Which images each rank trains on at each step.
+    """Which rows of each step's global batch this rank trains on.
 
-    Every optimizer step consumes one global batch of `global_batch` images taken in
-    order from the epoch's permutation. Rank r takes the r-th contiguous slice of it, and
-    micro-batch m (of `grad_accum`) the m-th slice of that. The last `dropped_per_epoch`
-    images of each permutation are skipped; they differ from epoch to epoch.
+    Every optimizer step consumes one global batch of `global_batch` examples. Rank r
+    takes the r-th contiguous slice of it, and micro-batch m (of `grad_accum`) the m-th
+    slice of that. An epoch is `num_examples // global_batch` steps; for MNIST-style data
+    the last `dropped_per_epoch` images of each permutation are skipped, a different set
+    each epoch.
     """
 
     num_examples: int
@@ -150,10 +243,13 @@ class Sharding:
         if self.global_batch % (self.world_size * self.grad_accum):
             raise DataError(
                 f"batch_size {self.global_batch} must divide by processes x grad_accum "
-                f"= {self.world_size} x {self.grad_accum}")
+                f"= {self.world_size} x {self.grad_accum}"
+            )
         if self.steps_per_epoch == 0:
-            raise DataError(f"batch_size {self.global_batch} exceeds the "
-                            f"{self.num_examples} training images")
+            raise DataError(
+                f"batch_size {self.global_batch} exceeds the {self.num_examples} training "
+                f"examples of an epoch"
+            )
 
     @property
     def steps_per_epoch(self) -> int:
@@ -172,13 +268,146 @@ class Sharding:
         start = (self.rank * self.grad_accum + micro) * self.micro_batch
         return slice(start, start + self.micro_batch)
 
-    def global_batch_indices(self, perm: torch.Tensor, step_in_epoch: int) -> torch.Tensor:
-        start = step_in_epoch * self.global_batch
-        return perm[start: start + self.global_batch]
+    def rows(self, micro: int, device) -> torch.Tensor:
+        """The global batch rows of one micro-batch, as an index tensor."""
+        part = self.rank_slice(micro)
+        return torch.arange(part.start, part.stop, device=device)
 
 
 def epoch_permutation(num_examples: int, seed: int, epoch: int, device="cpu") -> torch.Tensor:
-    return torch.randperm(num_examples, generator=generator("perm", seed, epoch)).to(device)
+    return torch.randperm(num_examples, generator=rng.generator("perm", seed, epoch)).to(device)
+
+
+class TensorTrainSet:
+    """MNIST-style: equal-size images [N, H, W]; each epoch is a seeded permutation."""
+
+    def __init__(self, images: torch.Tensor, seed: int):
+        self.images = images
+        self.seed = seed
+        self.num_examples = len(images)
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        if self._perm is None or self._perm[0] != epoch:
+            perm = epoch_permutation(self.num_examples, self.seed, epoch, self.images.device)
+            self._perm = (epoch, perm)
+        return self._perm[1]
+
+    def batch(self, step: int, rows: torch.Tensor, sharding: Sharding) -> torch.Tensor:
+        """float [len(rows), 1, H, W]: rows `rows` of step `step`'s global batch."""
+        epoch, step_in_epoch = divmod(step, sharding.steps_per_epoch)
+        indices = self.permutation(epoch)[step_in_epoch * sharding.global_batch + rows]
+        return to_float(self.images[indices])
+
+
+class CropTrainSet:
+    """Random square crops from images of any size, packed into one flat uint8 tensor.
+
+    Every valid crop position of every image is equally likely (so larger images give
+    more crops). An epoch is as many crops as the images hold non-overlapping patches."""
+
+    def __init__(self, pictures: list[torch.Tensor], patch: int, seed: int, device):
+        self.patch, self.seed, self.device = patch, seed, torch.device(device)
+        heights = torch.tensor([p.shape[0] for p in pictures])
+        widths = torch.tensor([p.shape[1] for p in pictures])
+        self.nbytes = int((heights * widths).sum())
+        # Keep the pixels on the device when they fit (GPU: in half its free memory);
+        # else on the host, where each batch's crops are gathered and then moved.
+        home = self.device
+        if home.type != "cpu" and self.nbytes > DEVICE_MEMORY_SHARE * bytes_available(home):
+            home = torch.device("cpu")
+        self.home = home
+        self.pixels = torch.cat([p.flatten() for p in pictures]).to(home)
+        self.offsets = (torch.cumsum(heights * widths, 0) - heights * widths).to(home)
+        self.widths = widths.to(home)
+        positions = (heights - patch + 1) * (widths - patch + 1)  # valid top-left corners
+        self.positions_before = (torch.cumsum(positions, 0) - positions).to(home)
+        self.position_ends = torch.cumsum(positions, 0).to(home)
+        self.position_widths = (widths - patch + 1).to(home)
+        self.total_positions = int(positions.sum())
+        self.num_examples = max(1, int((heights // patch * (widths // patch)).sum()))
+        within = torch.arange(patch, device=home)
+        self.patch_rows, self.patch_cols = within.repeat_interleave(patch), within.repeat(patch)
+
+    def batch(self, step: int, rows: torch.Tensor, sharding: Sharding) -> torch.Tensor:
+        rows = rows.to(self.home)
+        key = rng.key("crop", self.seed, step, device=self.home)
+        # 62 random bits per row: a crop position, uniform over all valid positions.
+        high = rng.random_bits(rng.subkey(key, 0), rows) & 0x3FFFFFFF
+        low = rng.random_bits(rng.subkey(key, 1), rows)
+        position = ((high << 32) | low) % self.total_positions
+        image = torch.searchsorted(self.position_ends, position, right=True)
+        local = position - self.positions_before[image]
+        top = local // self.position_widths[image]
+        left = local % self.position_widths[image]
+        width = self.widths[image]
+        start = self.offsets[image] + top * width + left
+        index = start[:, None] + self.patch_rows * width[:, None] + self.patch_cols
+        crops = self.pixels[index].view(-1, self.patch, self.patch)
+        return to_float(crops.to(self.device, non_blocking=True))
+
+
+@dataclass
+class Splits:
+    """What training reads: batches, the validation set, and the grid's sample images."""
+
+    train: TensorTrainSet | CropTrainSet
+    val: torch.Tensor  # uint8 [N, H, W] on the device: held-out images or fixed crops
+    samples: torch.Tensor  # uint8 [NUM_SAMPLES, H, W] on the device
+    description: str
+
+
+def load(dataset: str, root: Path, val_size: int | None, patch: int, download: bool,
+         seed: int, device, first=None) -> Splits:  # fmt: skip
+    """The splits of `dataset` for training. `first` is a context in which only one
+    process runs first (so only one downloads)."""
+    from contextlib import nullcontext
+
+    device = torch.device(device)
+    with first() if first is not None else nullcontext():
+        if dataset == FOLDER:
+            return _load_folder(root, val_size, patch, seed, device)
+        train = load_split(dataset, root, "train", download)
+        test = load_split(dataset, root, "test", download)
+    train, val = split_train_val(train, DEFAULT_VAL_SIZE if val_size is None else val_size)
+    return Splits(
+        TensorTrainSet(train.to(device), seed),
+        val.to(device),
+        test[:NUM_SAMPLES].to(device),
+        f"{dataset}: {len(train)} training, {len(val)} validation images",
+    )
+
+
+def _load_folder(root: Path, val_size: int | None, patch: int, seed: int, device) -> Splits:
+    train_files, val_files = folder_files(root, val_size)
+    need = 0
+    for path in train_files + val_files:  # from the headers, before any pixel is decoded
+        try:
+            height, width = image_files.image_size(path, max_pixels=2**31)
+            need += height * width
+        except image_files.BadImage:
+            pass  # read_folder_images names it
+    if need > bytes_available(torch.device("cpu")):
+        raise DataError(
+            f"{root} holds {need / 2**30:.1f} GiB of pixels, more than this machine's free "
+            f"memory; train on a subset of the folder"
+        )
+    train = read_folder_images(train_files, min_size=patch)
+    val = read_folder_images(val_files, min_size=patch)
+    if not train:
+        raise DataError(f"{root}: no readable training image at least {patch}x{patch} pixels")
+    if not val:
+        raise DataError(f"{root}: no readable held-out image at least {patch}x{patch} pixels")
+    train_set = CropTrainSet([p for _, p in train], patch, seed, device)
+    val_crops = fixed_crops([p for _, p in val], patch, VAL_CROPS_PER_IMAGE).to(device)
+    return Splits(
+        train_set,
+        val_crops,
+        val_crops[:NUM_SAMPLES],
+        f"folder {root}: {len(train)} training files ({train_set.nbytes / 2**20:.1f} MiB of "
+        f"pixels, on {train_set.home.type}), {len(val)} held-out files "
+        f"({len(val_crops)} validation crops of {patch}x{patch})",
+    )
 
 
 def eval_shard(num_examples: int, world_size: int, rank: int) -> slice:

@@ -1,7 +1,8 @@
-"""Matplotlib figures for the run folder, and the uint8 sample grid shared with W&B."""
+"""Matplotlib figures for the run folder, and the uint8 sample grid shared with trackers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +13,31 @@ from denoise_dist.atomic import atomic_write
 COLUMNS = ("noisy", "denoised", "clean")
 
 
-def sample_grid(noisy: torch.Tensor, denoised: torch.Tensor, clean: torch.Tensor,
-                gap: int = 2) -> np.ndarray:
-    """uint8 [rows*H, 3*W] image: one row per sample, columns noisy | denoised | clean.
+def sample_grid(
+    noisy: Sequence[torch.Tensor] | torch.Tensor,
+    denoised: Sequence[torch.Tensor] | torch.Tensor,
+    clean: Sequence[torch.Tensor] | torch.Tensor,
+    gap: int = 2,
+) -> np.ndarray:
+    """uint8 image: one row per sample, columns noisy | denoised | clean, white gaps.
 
-    uint8 because wandb renders float tensors in [0, 1] as black images."""
+    Takes batches [N, 1, H, W] or lists of images of any sizes (on any device: the grid
+    is built on the CPU). uint8 because W&B renders float images in [0, 1] as black."""
     rows = []
-    for images in zip(noisy, denoised, clean):
-        tiles = [t[0].float().clamp(0, 1) for t in images]
-        spacer = torch.ones(tiles[0].shape[0], gap)
-        rows.append(torch.cat([tiles[0], spacer, tiles[1], spacer, tiles[2]], dim=1))
-    grid = torch.cat([torch.cat([r, torch.ones(gap, r.shape[1])]) for r in rows])[:-gap]
-    return (grid.cpu().numpy() * 255).round().astype(np.uint8)
+    for images in zip(noisy, denoised, clean, strict=True):
+        tiles = [t.detach().float().cpu().reshape(t.shape[-2:]).clamp(0, 1).numpy() for t in images]
+        height = max(t.shape[0] for t in tiles)
+        padded = [np.pad(t, ((0, height - t.shape[0]), (0, 0)), constant_values=1.0) for t in tiles]
+        spacer = np.ones((height, gap), dtype=np.float32)
+        rows.append(np.concatenate([padded[0], spacer, padded[1], spacer, padded[2]], axis=1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=1.0) for r in rows]
+    spaced = [part for r in rows for part in (r, np.ones((gap, width), dtype=np.float32))][:-1]
+    return (np.concatenate(spaced) * 255).round().astype(np.uint8)
 
 
 def _savefig(fig, path: Path) -> None:
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
-                                               bbox_inches="tight"))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
 
 
 def save_sample_figure(grid: np.ndarray, path: Path, title: str) -> None:
@@ -58,10 +67,10 @@ def save_curves(records: list[dict], path: Path) -> None:
     val = [(r["step"], r["val_psnr"]) for r in records if "val_psnr" in r]
     fig, (ax_loss, ax_psnr) = plt.subplots(1, 2, figsize=(9, 3.2))
     if train:
-        ax_loss.plot(*zip(*train))
+        ax_loss.plot(*zip(*train, strict=True))
     ax_loss.set(xlabel="step", ylabel="train MSE", yscale="log", title="loss")
     if val:
-        ax_psnr.plot(*zip(*val), marker="o")
+        ax_psnr.plot(*zip(*val, strict=True), marker="o")
     noisy = [r["val_psnr_noisy"] for r in records if "val_psnr_noisy" in r]
     if noisy:
         ax_psnr.axhline(noisy[0], color="gray", linestyle="--", label="noisy input")

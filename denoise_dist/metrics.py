@@ -46,3 +46,18 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = 11, sigma: float 
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
         (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
     return ssim_map.flatten(1).mean(1)
+
+
+def quality_sums(pred: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """[sum of per-image PSNR, sum of per-image SSIM, image count] as float64, so that
+    sums from disjoint shards (or batches) add up to the whole set's."""
+    if len(pred) == 0:
+        return torch.zeros(3, dtype=torch.float64, device=clean.device)
+    count = torch.tensor(float(len(pred)), dtype=torch.float64, device=clean.device)
+    return torch.stack([psnr(pred, clean).double().sum(), ssim(pred, clean).double().sum(), count])
+
+
+def means(sums: torch.Tensor) -> tuple[float, float]:
+    """(mean PSNR, mean SSIM) from quality_sums totals."""
+    psnr_sum, ssim_sum, count = sums.tolist()
+    return psnr_sum / count, ssim_sum / count

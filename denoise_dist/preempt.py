@@ -14,7 +14,7 @@ class StopRequest:
     def __init__(self):
         self.signum: int | None = None
 
-    def install(self) -> "StopRequest":
+    def install(self) -> StopRequest:
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._handle)
         return self

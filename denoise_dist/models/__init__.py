@@ -1,9 +1,14 @@
-"""Denoising models by name. Plain torch: no accelerate, no wandb.
+"""Denoising models: one table, `MODELS`. Plain torch: no accelerate, no wandb, no config.
 
-Every model maps a float batch [N, 1, H, W] in [0, 1] to its denoised version.
+Every model maps a float batch [N, 1, H, W] in [0, 1] to its denoised version. Each entry
+names the config fields its constructor takes, so the config's choices, the saved model
+metadata and `load_model` all follow from this table: a new model is one file in this
+folder and one entry here.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -11,15 +16,40 @@ from denoise_dist.models.conv_ae import ConvAE
 from denoise_dist.models.seed_ae import SeedAE
 from denoise_dist.models.unet import ResUNet
 
-REGISTRY: dict[str, type[nn.Module]] = {"seed_ae": SeedAE, "conv_ae": ConvAE, "unet": ResUNet}
+
+@dataclass(frozen=True)
+class ModelSpec:
+    cls: type[nn.Module]
+    fields: tuple[str, ...]  # the ModelConfig fields passed to the constructor
+    fully_convolutional: bool  # any image size (else only `cls.image_size`)
+    summary: str
+    takes_draw: bool = False  # forward(x, draw): random layers keyed to the global batch
 
 
-def model_kwargs(name: str, width: int, dropout: float) -> dict:
-    """The constructor arguments a model name takes from the config."""
-    return {"dropout": dropout} if name == "seed_ae" else {"width": width}
+MODELS: dict[str, ModelSpec] = {
+    "unet": ModelSpec(
+        ResUNet, ("width", "depth"), True, "residual U-Net that predicts the noise (default)"
+    ),
+    "conv_ae": ModelSpec(ConvAE, ("width",), True, "fully convolutional autoencoder"),
+    "seed_ae": ModelSpec(
+        SeedAE,
+        ("dropout",),
+        False,
+        "the original report's autoencoder (28x28 only)",
+        takes_draw=True,
+    ),
+}
+
+
+def model_kwargs(name: str, source: object) -> dict:
+    """The constructor arguments of model `name`, read from a config section (any object)."""
+    return {field: getattr(source, field) for field in MODELS[name].fields}
 
 
 def build_model(name: str, **kwargs) -> nn.Module:
-    if name not in REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(REGISTRY)}")
-    return REGISTRY[name](**kwargs)
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    return MODELS[name].cls(**kwargs)
+
+
+__all__ = ["MODELS", "ModelSpec", "build_model", "model_kwargs"]

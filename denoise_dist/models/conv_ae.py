@@ -13,10 +13,10 @@ from denoise_dist.models.padding import crop, pad_to_multiple
 
 
 class ConvAE(nn.Module):
-    fully_convolutional = True
 
     def __init__(self, width: int = 32):
         super().__init__()
+        self.stride = 4  # two stride-2 levels: inputs are padded to a multiple of 4
         w = width
         self.encoder = nn.Sequential(
             nn.Conv2d(1, w, 3, padding=1), nn.ReLU(),
@@ -30,6 +30,6 @@ class ConvAE(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padded, size = pad_to_multiple(x, 4)
+        padded, size = pad_to_multiple(x, self.stride)
         out = crop(self.decoder(self.encoder(padded)), size)
         return out if self.training else out.clamp(0.0, 1.0)

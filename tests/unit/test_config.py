@@ -3,7 +3,15 @@ import json
 import pytest
 
 from denoise_dist.cli import build_parser
-from denoise_dist.config import Config, ConfigError, config_from_args, diff, from_dict, overlay, validate
+from denoise_dist.config import (
+    Config,
+    ConfigError,
+    config_from_args,
+    diff,
+    from_dict,
+    overlay,
+    validate,
+)
 
 
 def parse(*argv):

@@ -41,8 +41,9 @@ def test_ssim_of_negated_pattern_matches_closed_form():
     value = ssim(x, y).item()
     assert value < 0  # anti-correlated structure
     # Window statistics vary, but the mean must equal the analytic value per window on average.
-    from denoise_dist.metrics import gaussian_window
     import torch.nn.functional as F
+
+    from denoise_dist.metrics import gaussian_window
     w = gaussian_window().float()
     mu = F.conv2d(x, w)
     var = F.conv2d(x * x, w) - mu**2

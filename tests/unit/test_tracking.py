@@ -13,9 +13,17 @@ import torch
 from PIL import Image
 
 from denoise_dist.config import Config, NoiseConfig
-from denoise_dist.tracking import (HIGH_WATER, Tracker, describe_noise, logged_high_water,
-                                   read_metrics, resolve_wandb_mode, to_uint8,
-                                   truncate_metrics, wandb_key)
+from denoise_dist.tracking import (
+    HIGH_WATER,
+    Tracker,
+    describe_noise,
+    logged_high_water,
+    read_metrics,
+    resolve_wandb_mode,
+    to_uint8,
+    truncate_metrics,
+    wandb_key,
+)
 
 
 class FakeAccelerator:

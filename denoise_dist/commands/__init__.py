@@ -1,0 +1,1 @@
+"""The `denoise-dist` subcommands other than train: argument parsing and orchestration."""
