@@ -193,7 +193,7 @@ def prepare_run_dir(cfg: Config, accelerator, console) -> Path | None:
     overwrite = cfg.train.overwrite
     if overwrite and restarted() and saved_config.exists():
         overwrite = False  # the first start already replaced the old run; this is ours
-        console.print(f"a restarted job: resuming {run_dir} instead of --overwrite")
+        console.print(f"a restarted job: resuming {run_dir} instead of --overwrite", soft_wrap=True)
     if overwrite:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and run_dir.exists():
@@ -377,7 +377,7 @@ def train(cfg: Config) -> dict:
                 ema.load_state_dict(saved_ema if saved_ema is not None else model.state_dict())
         checkpoint.check_length(from_dict(checkpoint.read_state(resume_from)["config"]),
                                 state.total_steps, cfg, total, resume_from)  # fmt: skip
-        console.print(f"resumed from {resume_from} at step {state.step}")
+        console.print(f"resumed from {resume_from} at step {state.step}", soft_wrap=True)
     state.total_steps = total
     state.run_id = state.run_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
     if accelerator.is_main_process:

@@ -1,18 +1,23 @@
 """Shared fixtures. A test that needs an absent real part skips on a user's machine and
-fails in CI (CI=true), so CI can never pass by skipping."""
+fails in CI (CI=true), so CI can never pass by skipping. The one exception is the gpu
+tier (tests/gpu), since CI has no GPU."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO, require
+
 SHARED_DATA = REPO.parent / "shared" / "data"
-IN_CI = os.environ.get("CI", "").lower() == "true"
+# scikit-image's bundled pictures: real photographs that install without the internet.
+PHOTOGRAPHS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png",
+               "clock_motion.png", "coffee.png", "coins.png", "grass.png", "gravel.png",
+               "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
+               "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg")  # fmt: skip
 
 # Tests (not the package) know where the shared MNIST copy lives.
 if "DENOISE_DIST_DATA" not in os.environ and SHARED_DATA.is_dir():
@@ -21,20 +26,31 @@ os.environ.setdefault("WANDB_MODE", "disabled")  # no test may reach the network
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def require(condition: bool, reason: str) -> None:
-    """Skip with `reason` locally; fail in CI, where every real part must be present."""
-    if not condition:
-        if IN_CI:
-            pytest.fail(f"required in CI but missing: {reason}")
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     root = Path(os.environ.get("DENOISE_DIST_DATA", ""))
     require((root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists(),
-            f"real MNIST not found under DENOISE_DIST_DATA={root or '(unset)'}")
+            f"real MNIST not found under DENOISE_DIST_DATA={root or '(unset)'}")  # fmt: skip
     return root
+
+
+def skimage_data() -> Path:
+    try:
+        import skimage
+    except ImportError:
+        require(False, "scikit-image is not installed (pip install -e '.[test]')")
+    return Path(skimage.__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """A folder of real photographs (scikit-image's), some in a subfolder."""
+    source = skimage_data()
+    folder = tmp_path_factory.mktemp("photos")
+    (folder / "more").mkdir()
+    for i, name in enumerate(PHOTOGRAPHS):
+        shutil.copy(source / name, folder / ("more" if i % 3 == 0 else "") / name)
+    return folder
 
 
 @pytest.fixture
@@ -48,20 +64,5 @@ def fresh_accelerate():
         PartialState._reset_state()
 
     reset()
-    yield
+    yield reset  # call it between runs in one test
     reset()
-
-
-def tiny_args(run_dir: Path, *extra: str) -> list[str]:
-    """CLI flags for a seconds-long CPU training on real MNIST."""
-    return ["--output-dir", str(run_dir), "--model", "unet", "--width", "8",
-            "--batch-size", "32", "--max-steps", "20", "--eval-every", "10",
-            "--log-every", "5", "--checkpoint-every", "10", "--val-size", "256",
-            "--cpu", *extra]
-
-
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300,
-            module: str = "denoise_dist") -> subprocess.CompletedProcess:
-    """Run `python -m denoise_dist ...` in a subprocess and capture its output."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})

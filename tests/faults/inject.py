@@ -12,19 +12,23 @@ import sys
 import torch
 
 import denoise_dist.noise
-import denoise_dist.train
 from denoise_dist.cli import main
 
 
 def nan_at_step(bad_step: int) -> None:
-    """Poison the batch of one step, as a bad sample or an overflow would."""
-    real = denoise_dist.noise.train_noise
+    """Poison the noisy batch of one step, as a bad sample or an overflow would."""
+    real_draw, real_add_noise = denoise_dist.noise.train_draw, denoise_dist.noise.add_noise
+    current = {}
 
-    def poisoned(clean, cfg, seed, epoch, step):
-        noisy = real(clean, cfg, seed, epoch, step)
-        return noisy * float("nan") if step == bad_step - 1 else noisy  # step is 0-based
+    def draw(seed, epoch, step, rows):
+        current["step"] = step  # step is 0-based
+        return real_draw(seed, epoch, step, rows)
 
-    denoise_dist.train.train_noise = poisoned
+    def poisoned(name, clean, draw, params):
+        noisy = real_add_noise(name, clean, draw, params)
+        return noisy * float("nan") if current.get("step") == bad_step - 1 else noisy
+
+    denoise_dist.noise.train_draw, denoise_dist.noise.add_noise = draw, poisoned
 
 
 def enospc_at_checkpoint(nth: int) -> None:

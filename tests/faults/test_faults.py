@@ -1,4 +1,4 @@
-"""Kill it, corrupt it, fill its disk, poison it: it loses nothing (issue 7)."""
+"""Kill it, corrupt it, fill its disk, poison it: it loses nothing."""
 
 from __future__ import annotations
 
@@ -13,23 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from denoise_dist.checkpoint import verify, write_manifest
 from denoise_dist.tracking import read_metrics as metrics
-from tests.conftest import REPO, require, run_cli, tiny_args
+from tests.helpers import REPO, assert_same_weights, final_weights, require, run_cli, tiny_args
 
 pytestmark = pytest.mark.integration
 INJECT = str(Path(__file__).with_name("inject.py"))
-
-
-def weights(run_dir: Path, step: int) -> dict:
-    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def inject(fault: str, *args: str) -> subprocess.CompletedProcess:
@@ -78,7 +68,7 @@ def test_kill_9_at_random_moments_then_resume(reference_run, tmp_path):
         lost = logged_before_kill - newest_checkpoint_step(run)
         assert lost <= 5, f"lost {lost} steps, more than one checkpoint interval"
     assert killed_mid_checkpoint
-    assert_same_weights(weights(run, 40), weights(reference_run, 40))
+    assert_same_weights(final_weights(run, 40), final_weights(reference_run, 40))
     steps = [m["step"] for m in metrics(run) if "loss" in m]
     assert steps == list(range(1, 41)), "a step was logged twice or lost from the log"
 
@@ -104,7 +94,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference_run,
     assert result.returncode == 0, result.stderr
     assert "skipping corrupt checkpoint" in result.stderr and "step_00000020" in result.stderr
     assert "resumed from" in result.stdout and "at step 15" in result.stdout
-    assert_same_weights(weights(run, 40), weights(reference_run, 40))
+    assert_same_weights(final_weights(run, 40), final_weights(reference_run, 40))
 
 
 @pytest.fixture
@@ -153,7 +143,7 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(mnist_ro
     assert "step_00000010" in result.stderr and "Traceback" not in result.stderr
     checkpoints = [p.name for p in (run / "checkpoints").iterdir()]
     assert checkpoints == ["step_00000010"]
-    assert all(torch.isfinite(t).all() for t in weights(run, 10).values())
+    assert all(torch.isfinite(t).all() for t in final_weights(run, 10).values())
 
 
 def test_checkpoint_from_another_model_names_the_differing_fields(mnist_root, tmp_path):

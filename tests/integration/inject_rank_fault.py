@@ -10,20 +10,20 @@ import os
 import sys
 import time
 
-import denoise_dist.train
+import denoise_dist.noise
 from denoise_dist.cli import main
 
 mode, fault_rank, fault_step = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-real_train_noise = denoise_dist.train.train_noise
+real_train_draw = denoise_dist.noise.train_draw
 
 
-def train_noise_with_fault(clean, cfg, seed, epoch, step):
+def train_draw_with_fault(seed, epoch, step, rows):
     if step == fault_step and int(os.environ.get("RANK", "0")) == fault_rank:
         if mode == "hang":
             time.sleep(3600)
         raise RuntimeError(f"injected fault in rank {fault_rank} at step {step}")
-    return real_train_noise(clean, cfg, seed, epoch, step)
+    return real_train_draw(seed, epoch, step, rows)
 
 
-denoise_dist.train.train_noise = train_noise_with_fault
+denoise_dist.noise.train_draw = train_draw_with_fault
 sys.exit(main(["train", *sys.argv[4:]]))

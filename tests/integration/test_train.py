@@ -1,6 +1,7 @@
 """Real short trainings on the real MNIST, through the CLI, as a user runs them."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -8,17 +9,26 @@ import torch
 from safetensors.torch import load_file
 
 from denoise_dist import load_model
-from tests.conftest import require, run_cli, tiny_args
+from denoise_dist.cli import main as cli_main
+from denoise_dist.models import MODELS
+from denoise_dist.noise import NOISES
+from denoise_dist.tracking import read_metrics
+from tests.helpers import (
+    CONFIGS,
+    assert_same_weights,
+    final_weights,
+    launch,
+    require,
+    run_cli,
+    startup_line,
+    tiny_args,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def final_weights(run_dir, step):
-    return load_file(str(run_dir / "checkpoints" / f"step_{step:08d}" / "model.safetensors"))
-
-
-def metrics(run_dir):
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+def losses(run):
+    return [(r["step"], r["loss"]) for r in read_metrics(run) if "loss" in r]
 
 
 def test_short_training_beats_the_noisy_input_and_leaves_a_full_run_folder(mnist_root, tmp_path):
@@ -28,11 +38,15 @@ def test_short_training_beats_the_noisy_input_and_leaves_a_full_run_folder(mnist
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val_psnr"] > summary["val_psnr_noisy"] + 3
     for name in ["config.json", "metrics.jsonl", "best_model.safetensors", "best_model.json",
-                 "figures/samples.png", "figures/curves.png"]:
+                 "figures/samples.png", "figures/curves.png"]:  # fmt: skip
         assert (run / name).is_file(), name
     assert json.loads((run / "config.json").read_text())["model"]["model"] == "unet"
-    steps = [r["step"] for r in metrics(run) if "loss" in r]
-    assert steps == [5, 10, 15, 20, 25, 30, 35, 40]
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == [5, 10, 15, 20, 25, 30, 35, 40]
+    # Where the time went: every phase, and they add up to about the whole run.
+    timings = summary["timings_s"]
+    assert {"data", "model", "training", "evaluation", "checkpoints"} <= set(timings)
+    assert all(seconds >= 0 for seconds in timings.values())
+    assert result.stdout.strip().splitlines()[-1].startswith("time: ")
     model = load_model(run)
     assert not model.training
     x = torch.rand(2, 1, 28, 28)
@@ -47,11 +61,34 @@ def test_resume_is_exact(mnist_root, tmp_path):
     second = run_cli("train", *tiny_args(split))  # --resume auto is the default
     assert second.returncode == 0, second.stderr
     assert "resumed from" in second.stdout
-    a, b = final_weights(full, 20), final_weights(split, 20)
-    assert a.keys() == b.keys()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    loss = lambda run: [(r["step"], r["loss"]) for r in metrics(run) if "loss" in r]
-    assert loss(full) == loss(split)  # same curve, and no step logged twice
+    assert_same_weights(final_weights(full, 20), final_weights(split, 20))
+    assert losses(full) == losses(split)  # same curve, and no step logged twice
+
+
+def test_ema_is_checkpointed_evaluated_and_exported_and_resume_stays_exact(mnist_root, tmp_path):
+    full, split = tmp_path / "full", tmp_path / "split"
+    flags = ["--ema-decay", "0.9", "--schedule", "cosine"]
+    assert run_cli("train", *tiny_args(full, *flags)).returncode == 0
+    # The same run killed after its step-10 checkpoint: copy it, drop what came later.
+    shutil.copytree(full, split)
+    shutil.rmtree(split / "checkpoints" / "step_00000020")
+    (split / "summary.json").unlink()
+    resumed = run_cli("train", *tiny_args(split, *flags))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "step_00000010 at step 10" in resumed.stdout
+    ema = load_file(str(full / "checkpoints" / "step_00000020" / "ema.safetensors"))
+    assert_same_weights(ema, load_file(str(split / "checkpoints" / "step_00000020" /
+                                           "ema.safetensors")))  # fmt: skip
+    assert_same_weights(final_weights(full, 20), final_weights(split, 20))
+    # What is evaluated and exported is the average, not the live weights.
+    live = final_weights(full, 20)
+    assert any(not torch.equal(live[k], ema[k]) for k in ema)
+    meta = json.loads((full / "best_model.json").read_text())
+    assert meta["ema"] is True
+    exported = load_file(str(full / "best_model.safetensors"))
+    reference = ema if meta["step"] == 20 else load_file(
+        str(full / "checkpoints" / f"step_{meta['step']:08d}" / "ema.safetensors"))
+    assert_same_weights(exported, reference)
 
 
 def test_rerunning_a_finished_run_does_not_train_again(mnist_root, tmp_path):
@@ -60,16 +97,54 @@ def test_rerunning_a_finished_run_does_not_train_again(mnist_root, tmp_path):
     before = (run / "metrics.jsonl").read_text()
     again = run_cli("train", *tiny_args(run, "--max-steps", "10"))
     assert again.returncode == 0, again.stderr
-    assert "at step 10" in again.stdout
     assert "already complete at step 10" in again.stdout
     assert (run / "metrics.jsonl").read_text() == before  # nothing trained or logged twice
+
+
+def test_a_cosine_run_cannot_change_its_length_but_a_constant_one_extends_exactly(
+    mnist_root, tmp_path
+):
+    cosine = tmp_path / "cosine"
+    assert run_cli("train", *tiny_args(cosine, "--schedule", "cosine")).returncode == 0
+    longer = run_cli("train", *tiny_args(cosine, "--schedule", "cosine", "--max-steps", "30"))
+    assert longer.returncode == 1
+    assert "--max-steps now asks for 30" in longer.stderr
+    assert len(longer.stderr.strip().splitlines()) == 1
+    assert (cosine / "checkpoints" / "step_00000020").is_dir()  # nothing lost
+    # A constant schedule: 10 steps extended to 20 is the 20-step run.
+    short, straight = tmp_path / "short", tmp_path / "straight"
+    assert run_cli("train", *tiny_args(short, "--max-steps", "10")).returncode == 0
+    assert run_cli("train", *tiny_args(short)).returncode == 0
+    assert run_cli("train", *tiny_args(straight)).returncode == 0
+    assert_same_weights(final_weights(short, 20), final_weights(straight, 20))
+
+
+def test_overwrite_in_a_restarted_job_resumes_instead_of_deleting(mnist_root, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", *tiny_args(run, "--max-steps", "10")).returncode == 0
+    # The same command again, as SLURM's requeue of it runs it (restart count 1).
+    requeued = run_cli("train", *tiny_args(run, "--overwrite"), env={"SLURM_RESTART_COUNT": "1"})
+    assert requeued.returncode == 0, requeued.stderr
+    assert "resuming" in requeued.stdout and "resumed from" in requeued.stdout
+    assert [s for s, _ in losses(run)] == [5, 10, 15, 20]  # steps 1-10 were kept
+    fresh = run_cli("train", *tiny_args(run, "--overwrite", "--max-steps", "5"))
+    assert fresh.returncode == 0 and "resumed" not in fresh.stdout  # a first start replaces
+    assert [s for s, _ in losses(run)] == [5]
+
+
+def test_fp32_from_the_command_line_wins_over_the_launchers_bf16(mnist_root, tmp_path):
+    result = launch(["--config_file", str(CONFIGS / "cpu.yaml"), "--mixed_precision", "bf16"],
+                    "denoise_dist.train",
+                    tiny_args(tmp_path / "run", "--max-steps", "2", "--mixed-precision", "fp32"))
+    assert result.returncode == 0, result.stderr
+    assert "precision=fp32" in startup_line(result.stdout)
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--sigma", "-1"], "sigma must be >= 0"),
     (["--batch-size", "0"], "batch_size must be >= 1"),
     (["--model", "nope"], "model must be one of"),
-])
+])  # fmt: skip
 def test_bad_config_is_one_line_and_exit_2(tmp_path, flags, message):
     result = run_cli("train", "--output-dir", str(tmp_path / "r"), *flags)
     assert result.returncode == 2
@@ -85,7 +160,7 @@ def test_debug_shows_the_traceback(tmp_path):
 
 def test_missing_data_is_a_clear_error(tmp_path):
     result = run_cli("train", *tiny_args(tmp_path / "r", "--data-dir", str(tmp_path / "none"),
-                                         "--no-download"))
+                                         "--no-download"))  # fmt: skip
     assert result.returncode == 2
     assert "put train-images-idx3-ubyte" in result.stderr and "Traceback" not in result.stderr
 
@@ -100,15 +175,42 @@ def test_a_folder_holding_another_run_is_refused(mnist_root, tmp_path):
     assert never.returncode == 2 and "already holds a run" in never.stderr
     assert (run / "checkpoints" / "step_00000005").is_dir()  # nothing lost
     replaced = run_cli("train", *tiny_args(run, "--sigma", "0.3", "--max-steps", "5",
-                                           "--overwrite"))
+                                           "--overwrite"))  # fmt: skip
     assert replaced.returncode == 0, replaced.stderr
     assert json.loads((run / "config.json").read_text())["noise"]["sigma"] == 0.3
 
 
-def test_python_dash_m_entry_point(mnist_root, tmp_path):
-    result = run_cli(*tiny_args(tmp_path / "r", "--max-steps", "5"), module="denoise_dist.train")
+def test_python_dash_m_entry_point_and_profile(mnist_root, tmp_path):
+    run = tmp_path / "r"
+    result = run_cli(*tiny_args(run, "--max-steps", "10", "--profile"), module="denoise_dist.train")
     assert result.returncode == 0, result.stderr
     assert "world_size=1" in result.stdout
+    [trace] = (run / "profile").glob("rank0*.pt.trace.json")
+    events = json.loads(trace.read_text())["traceEvents"]
+    names = {e.get("name", "") for e in events}
+    assert any(n.startswith("ProfilerStep#") for n in names)
+    assert any("conv" in n for n in names)
+
+
+def test_every_registered_model_and_noise_trains_evaluates_and_exports(
+    mnist_root, tmp_path, fresh_accelerate, capsys
+):  # in-process, to keep it quick
+    """A new entry in the model or noise table is covered the day it is added."""
+    cases = [("unet", noise) for noise in NOISES] + [(m, "gaussian") for m in MODELS if m != "unet"]
+    for model, noise in cases:
+        run = tmp_path / f"{model}-{noise}"
+        flags = tiny_args(run, "--model", model, "--noise", noise, "--max-steps", "2",
+                          "--eval-every", "2", "--val-size", "64")  # fmt: skip
+        assert cli_main(["train", *flags]) == 0, (model, noise)
+        fresh_accelerate()
+        assert cli_main(["evaluate", str(run), "--max-images", "16", "--cpu"]) == 0
+        fresh_accelerate()
+        evaluated = NOISES[noise].eval_as or noise
+        report = json.loads((run / f"eval-{noise}" / "eval.json").read_text())
+        assert report["noise"] == noise and len(report["results"]) == len(NOISES[evaluated].levels)
+        exported = load_model(run)
+        assert exported(torch.rand(2, 1, 28, 28)).shape == (2, 1, 28, 28)
+    capsys.readouterr()
 
 
 FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist

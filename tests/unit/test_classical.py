@@ -36,10 +36,6 @@ def images():
     return torch.rand(5, 1, 13, 17, generator=gen)
 
 
-def test_identity_returns_the_noisy_input(images):
-    assert classical.identity(images) is images
-
-
 def test_median_matches_numpy(images):
     expected = numpy_median3x3(images.numpy())
     np.testing.assert_allclose(classical.median3x3(images).numpy(), expected, atol=0)

@@ -12,20 +12,22 @@ from denoise_dist.config import (
     overlay,
     validate,
 )
+from denoise_dist.trackers import SINKS
 
 
 def parse(*argv):
     return config_from_args(build_parser().parse_args(["train", *argv]))
 
 
-def test_defaults_are_valid_and_documented():
+def test_defaults_are_valid_and_every_field_is_a_documented_flag(capsys):
     cfg = validate(Config())
-    assert cfg.noise.sigma == 0.5 and cfg.data.val_size == 5000
-    help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    for flag in ["--data-dir", "--dataset", "--output-dir", "--model", "--sigma", "--noise",
-                 "--batch-size", "--lr", "--max-steps", "--epochs", "--eval-every",
-                 "--checkpoint-every", "--seed", "--resume", "--report-to"]:
-        assert flag in help_text
+    assert cfg.noise.sigma == 0.5 and cfg.train.mixed_precision == "auto"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = capsys.readouterr().out
+    for section in cfg.to_dict().values():
+        for name in section:
+            assert "--" + name.replace("_", "-") in help_text, name
 
 
 def test_cli_overrides_yaml_overrides_defaults(tmp_path):
@@ -41,7 +43,13 @@ def test_cli_overrides_yaml_overrides_defaults(tmp_path):
     (["--model", "resnet9000"], "model must be one of"),
     (["--noise", "pink"], "noise must be one of"),
     (["--batch-size", "30", "--grad-accum", "4"], "must divide by grad_accum"),
-])
+    (["--report-to", "mlflow"], "report_to must be one of"),
+    (["--ema-decay", "1"], "ema_decay must be in"),
+    (["--mixed-precision", "fp8"], "mixed_precision must be one of"),
+    (["--dataset", "folder"], "dataset folder needs --data-dir"),
+    (["--dataset", "folder", "--data-dir", "x", "--model", "seed_ae"],
+     "seed_ae takes 28x28 images only"),
+])  # fmt: skip
 def test_invalid_values_are_one_line_errors(argv, message):
     with pytest.raises(ConfigError, match=message) as err:
         parse(*argv)
@@ -56,7 +64,7 @@ def test_invalid_values_are_one_line_errors(argv, message):
     ("cpu: 3\n", "cpu must be true or false"),
     ("sigma: [0.1\n", "not valid YAML at line"),
     ("- 1\n- 2\n", "must hold a mapping"),
-])
+])  # fmt: skip
 def test_bad_yaml_files(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -69,10 +77,52 @@ def test_missing_yaml_file():
         parse("--config", "/nonexistent/run.yaml")
 
 
+@pytest.mark.parametrize("text, expected", [
+    ("mixed_precision: no\n", "auto"),  # YAML reads `no` as false: the old default
+    ("mixed_precision: 'no'\n", "auto"),
+    ("mixed_precision: fp32\n", "fp32"),
+    ("mixed_precision: bf16\n", "bf16"),
+])  # fmt: skip
+def test_precision_spellings(tmp_path, text, expected):
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    assert parse("--config", str(path)).train.mixed_precision == expected
+    assert parse("--mixed-precision", "no").train.mixed_precision == "auto"
+
+
+@pytest.mark.parametrize("argv, trackers", [
+    ([], ()),
+    (["--report-to", "none"], ()),
+    (["--report-to", "wandb"], ("wandb",)),
+    (["--report-to", "tensorboard", "wandb"], ("tensorboard", "wandb")),
+    (["--report-to", "all"], tuple(SINKS)),
+])  # fmt: skip
+def test_report_to_takes_a_list(argv, trackers):
+    assert parse(*argv).tracking.report_to == trackers
+
+
+def test_report_to_in_yaml_may_be_one_name_or_a_list(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("report_to: tensorboard\n")
+    assert parse("--config", str(path)).tracking.report_to == ("tensorboard",)
+    path.write_text("report_to: [wandb, tensorboard]\n")
+    assert parse("--config", str(path)).tracking.report_to == ("wandb", "tensorboard")
+
+
 def test_json_round_trip_and_diff():
-    cfg = parse("--sigma", "0.25", "--eval-sigmas", "0.1", "0.7")
+    cfg = parse("--sigma", "0.25", "--eval-sigmas", "0.1", "0.7", "--report-to", "all")
     again = from_dict(json.loads(cfg.to_json()))
     assert again == cfg
     other = overlay(Config(), {"sigma": 0.3, "max_steps": 7}, "test")
-    assert diff(cfg, other, ignore=frozenset({"max_steps", "eval_sigmas"})) == [
-        "sigma: 0.25 -> 0.3"]
+    assert diff(cfg, other, ignore=frozenset({"max_steps", "eval_sigmas", "report_to"})) == [
+        "sigma: 0.25 -> 0.3"
+    ]
+
+
+def test_a_config_saved_by_the_previous_version_still_loads():
+    saved = Config().to_dict()
+    saved["train"]["mixed_precision"] = "no"
+    saved["tracking"]["report_to"] = "wandb"
+    saved["data"]["val_size"] = 5000
+    cfg = from_dict(saved)
+    assert cfg.train.mixed_precision == "auto" and cfg.tracking.report_to == ("wandb",)

@@ -28,6 +28,7 @@ def write_split(raw_dir, n_images=10, n_labels=10, gz=False):
 def test_data_root_resolution_order(monkeypatch, tmp_path):
     monkeypatch.setenv("DENOISE_DIST_DATA", str(tmp_path / "env"))
     assert resolve_data_root(str(tmp_path / "flag")) == tmp_path / "flag"
+    assert resolve_data_root(None, str(tmp_path / "second")) == tmp_path / "second"
     assert resolve_data_root(None) == tmp_path / "env"
     monkeypatch.delenv("DENOISE_DIST_DATA")
     assert str(resolve_data_root(None)) == "data"

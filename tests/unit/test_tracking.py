@@ -1,52 +1,75 @@
-"""The tracker's own logic, without W&B: metric names, mode choice, what a resumed run may
-send, and that a failing W&B call costs one warning, not the run."""
+"""The tracking hub and trackers' own logic, without starting W&B or TensorBoard: chart
+names, W&B's mode choice, what a resumed run may send, and that a failing tracker costs
+one warning, not the run."""
 
 import json
 import re
 import socket
 import warnings
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from accelerate.tracking import LOGGER_TYPE_TO_CLASS
 from PIL import Image
 
-from denoise_dist.config import Config, NoiseConfig
+from denoise_dist.config import TrackingConfig
+from denoise_dist.trackers import SINKS, RunInfo, Sink
+from denoise_dist.trackers.tensorboard import flat_hparams
+from denoise_dist.trackers.wandb import resolve_wandb_mode
 from denoise_dist.tracking import (
     HIGH_WATER,
     Tracker,
-    describe_noise,
+    chart_name,
     logged_high_water,
     read_metrics,
-    resolve_wandb_mode,
     to_uint8,
     truncate_metrics,
-    wandb_key,
 )
 
 
-class FakeAccelerator:
-    """What Tracker uses of an Accelerator; `log` records what would go to W&B."""
+class FakeSink(Sink):
+    """Records what a tracker would receive; fails on demand."""
 
-    def __init__(self, is_main=True, fail=False):
-        self.is_main_process = is_main
-        self.trackers = [SimpleNamespace(name="wandb")]
-        self.fail = fail
+    name = "fake"
+    fail_start = False
+    fail_log = False
+
+    def start(self):
+        if self.fail_start:
+            raise ConnectionError("service unreachable")
         self.sent = []
+        return True
 
     def log(self, values, step):
-        if self.fail:
-            raise ConnectionError("W&B service went away")
+        if self.fail_log:
+            raise ConnectionError("service went away")
         self.sent.append((step, values))
 
+    def log_grid(self, grid, caption, step):
+        self.sent.append((step, {"grid": grid, "caption": caption}))
 
-def tracker_with_fake_wandb(tmp_path, sent_up_to=0, **accelerator):
-    """A Tracker as if W&B had started: its W&B calls land in FakeAccelerator.sent."""
-    tracker = Tracker(FakeAccelerator(**accelerator), Config(), tmp_path, "abcd1234", {})
-    tracker.run, tracker.wandb = object(), SimpleNamespace(Image=lambda grid, caption: caption)
-    tracker.sent_up_to = sent_up_to
-    return tracker
+    def finish(self, preempted):
+        self.sent.append(("finish", preempted))
+
+
+@pytest.fixture
+def fake_sinks(monkeypatch):
+    class Failing(FakeSink):
+        name = "failing"
+        fail_log = True
+
+    class Broken(FakeSink):
+        name = "broken"
+        fail_start = True
+
+    for cls in (FakeSink, Failing, Broken):
+        monkeypatch.setitem(SINKS, cls.name, cls)
+
+
+def hub(run_dir, *names, resumed=False, is_main=True) -> Tracker:
+    info = RunInfo(run_dir, "abcd1234", "unet-gaussian-abcd1234", "p", {}, resumed=resumed)
+    return Tracker(info, TrackingConfig(report_to=names), is_main, "gaussian sigma=0.5")
 
 
 def write_records(run_dir, steps):
@@ -60,28 +83,27 @@ def write_records(run_dir, steps):
     ("images_per_s", "train/images_per_s"), ("train_time_s", "train/time_s"),
     ("val_psnr", "val/psnr"), ("val_ssim_noisy", "val/ssim_noisy"),
     ("val_psnr@0.3", "val/psnr_sigma_0p3"), ("val_ssim@1", "val/ssim_sigma_1"),
-])
-def test_wandb_keys_are_sectioned_and_sortable(name, key):
-    assert wandb_key(name) == key
+])  # fmt: skip
+def test_chart_names_are_sectioned_and_sortable(name, key):
+    assert chart_name(name) == key
     assert re.fullmatch(r"[a-z]+/[A-Za-z0-9_]+", key)  # W&B sorts/filters only these
 
 
-@pytest.mark.parametrize("noise, words", [
-    (NoiseConfig(noise="gaussian", sigma=0.25), "gaussian sigma=0.25"),
-    (NoiseConfig(noise="gaussian_blind"), "gaussian sigma=0.1..0.7 (blind)"),
-    (NoiseConfig(noise="salt_pepper", salt_pepper=0.3), "salt & pepper 0.3"),
-    (NoiseConfig(noise="poisson_gaussian", photons=10, sigma=0.1),
-     "poisson 10 photons + gaussian sigma=0.1"),
-])
-def test_captions_name_the_noise(noise, words):
-    assert describe_noise(noise) == words
-
-
-def test_images_for_wandb_are_uint8():
-    image = torch.tensor([[[0.0, 0.5], [1.0, 2.0]]])
-    out = to_uint8(image)
+def test_images_for_trackers_are_uint8():
+    out = to_uint8(torch.tensor([[[0.0, 0.5], [1.0, 2.0]]]))
     assert out.dtype == np.uint8
     assert out.tolist() == [[0, 128], [255, 255]]
+
+
+def test_every_tracker_is_an_accelerate_tracker_by_name():
+    assert {"wandb", "tensorboard"} <= set(SINKS)
+    for name, sink in SINKS.items():
+        assert sink.name == name and name in LOGGER_TYPE_TO_CLASS
+
+
+def test_tensorboard_hyperparameters_are_flat_scalars_and_strings():
+    flat = flat_hparams({"train": {"lr": 0.1, "output_dir": None}, "noise": {"s": (0.1, 0.3)}})
+    assert flat == {"train/lr": 0.1, "train/output_dir": "None", "noise/s": "(0.1, 0.3)"}
 
 
 # --- mode choice ----------------------------------------------------------------------
@@ -162,55 +184,55 @@ def test_a_fresh_start_forgets_the_high_water(tmp_path):
     assert logged_high_water(tmp_path) == 0
 
 
-def test_a_resumed_tracker_sends_only_steps_beyond_what_wandb_holds(tmp_path):
-    tracker = tracker_with_fake_wandb(tmp_path, sent_up_to=15)
-    for step in (10, 15, 20):
-        tracker.log({"loss": 0.5}, step)
-    assert [step for step, _ in tracker.accelerator.sent] == [20]
-    assert tracker.accelerator.sent[0][1] == {"train/loss": 0.5}
-    assert [r["step"] for r in read_metrics(tmp_path)] == [10, 15, 20]  # jsonl gets all
-
-
-def test_a_resumed_run_starts_sending_after_the_high_water(tmp_path):
-    write_records(tmp_path, [5, 10, 15])
+def test_a_resumed_run_sends_only_steps_beyond_what_its_trackers_hold(tmp_path, fake_sinks):
+    write_records(tmp_path, [5, 10, 15])  # killed after logging 15; checkpoint at 10
     truncate_metrics(tmp_path, 10)
-    cfg = Config()
-    resumed = Tracker(FakeAccelerator(), cfg, tmp_path, "abcd1234", {})
-    assert resumed.sent_up_to == 0  # report_to none: nothing to protect
-    cfg.tracking.report_to, cfg.tracking.wandb_mode = "wandb", "disabled"
-    assert Tracker(FakeAccelerator(), cfg, tmp_path, "abcd1234", {}).sent_up_to == 15
-    assert Tracker(FakeAccelerator(), cfg, tmp_path, None, {}).sent_up_to == 0  # new run
+    tracker = hub(tmp_path, "fake", resumed=True)
+    assert tracker.sent_up_to == 15
+    for step in (15, 20):
+        tracker.log({"loss": 0.5}, step)
+    [sink] = tracker.sinks
+    assert sink.sent == [(20, {"train/loss": 0.5})]
+    assert [r["step"] for r in read_metrics(tmp_path)] == [5, 10, 15, 20]  # jsonl gets all
+    assert hub(tmp_path, "fake").sent_up_to == 0  # a new run has nothing to protect
 
 
 # --- failures and processes -------------------------------------------------------------
 
-def test_a_failing_wandb_call_warns_once_and_the_run_goes_on(tmp_path):
-    tracker = tracker_with_fake_wandb(tmp_path, fail=True)
+
+def test_a_failing_tracker_warns_once_and_the_others_go_on(tmp_path, fake_sinks):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        tracker = hub(tmp_path, "broken", "failing", "fake")
         for step in (5, 10, 15):
             tracker.log({"loss": 0.5}, step)
-    assert len(caught) == 1 and "W&B logging failed" in str(caught[0].message)
-    assert tracker.run is None and tracker.accelerator.trackers == []
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2
+    assert messages[0].startswith("broken init failed (ConnectionError: service unreachable)")
+    assert messages[1].startswith("failing logging failed (ConnectionError: service went away)")
+    assert [sink.name for sink in tracker.sinks] == ["fake"]
+    assert [step for step, _ in tracker.sinks[0].sent] == [5, 10, 15]
     assert [r["step"] for r in read_metrics(tmp_path)] == [5, 10, 15]
 
 
-def test_sample_grids_land_as_png_with_or_without_wandb(tmp_path):
-    tracker = tracker_with_fake_wandb(tmp_path)
+def test_sample_grids_land_as_png_and_on_every_tracker(tmp_path, fake_sinks):
+    tracker = hub(tmp_path, "fake")
     clean = torch.rand(8, 1, 28, 28)
     noisy = (clean + 0.5 * torch.randn_like(clean)).clamp(0, 1)
     tracker.log_samples(noisy, clean * 0.9, clean, step=10)
     png = tmp_path / "figures" / "samples" / "step_00000010.png"
     assert np.asarray(Image.open(png).convert("L")).std() > 20
-    [(step, values)] = tracker.accelerator.sent
-    caption = values["samples"]
-    assert step == 10 and "sigma=0.5" in caption and "step 10" in caption
+    [(step, values)] = tracker.sinks[0].sent
+    assert step == 10 and values["grid"].dtype == np.uint8
+    assert values["grid"].shape == (8 * 28 + 7 * 2, 3 * 28 + 2 * 2)
+    caption = values["caption"]
+    assert "sigma=0.5" in caption and "step 10" in caption
     assert re.search(r"PSNR \d+\.\d\d -> \d+\.\d\d dB", caption)
 
 
-def test_other_processes_log_nothing(tmp_path):
-    tracker = Tracker(FakeAccelerator(is_main=False), Config(), tmp_path, None, {})
+def test_other_processes_record_nothing(tmp_path, fake_sinks):
+    tracker = hub(tmp_path, "fake", is_main=False)
     tracker.log({"loss": 0.5}, 5)
     tracker.log_samples(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8), 5)
     tracker.finish()
-    assert list(tmp_path.iterdir()) == []
+    assert tracker.sinks == [] and list(tmp_path.iterdir()) == []
