@@ -28,13 +28,38 @@ def run(processes: int, threads: int, args) -> tuple[float, float]:
     """One launch; returns (training images/s, wall seconds of the whole launch)."""
     config = CONFIGS / ("cpu.yaml" if processes == 1 else "cpu_ddp.yaml")
     with tempfile.TemporaryDirectory() as run_dir:
-        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config),
-               "--num_processes", str(processes), "--num_cpu_threads_per_process", str(threads),
-               "-m", "denoise_dist.train", "--cpu", "--output-dir", run_dir,
-               "--model", args.model, "--width", str(args.width),
-               "--batch-size", str(args.batch_size), "--max-steps", str(args.steps),
-               "--log-every", str(args.log_every), "--eval-every", str(args.steps),
-               "--checkpoint-every", str(args.steps), "--val-size", "512"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(config),
+            "--num_processes",
+            str(processes),
+            "--num_cpu_threads_per_process",
+            str(threads),
+            "-m",
+            "denoise_dist.train",
+            "--cpu",
+            "--output-dir",
+            run_dir,
+            "--model",
+            args.model,
+            "--width",
+            str(args.width),
+            "--batch-size",
+            str(args.batch_size),
+            "--max-steps",
+            str(args.steps),
+            "--log-every",
+            str(args.log_every),
+            "--eval-every",
+            str(args.steps),
+            "--checkpoint-every",
+            str(args.steps),
+            "--val-size",
+            "512",
+        ]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}  # torchrun keeps it as is
@@ -43,8 +68,9 @@ def run(processes: int, threads: int, args) -> tuple[float, float]:
         wall = time.perf_counter() - start
         if result.returncode != 0:
             ours = [line for line in result.stderr.splitlines() if "denoise-dist" in line]
-            sys.exit(f"{processes}-process run failed:\n" +
-                     ("\n".join(ours) or result.stderr[-3000:]))
+            sys.exit(
+                f"{processes}-process run failed:\n" + ("\n".join(ours) or result.stderr[-3000:])
+            )
         if f"world_size={processes}" not in result.stdout:
             sys.exit(f"asked for {processes} processes, the run says:\n{result.stdout[:500]}")
         lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
@@ -66,14 +92,20 @@ def main() -> None:
     rows = [(1, 1), (2, 1), (1, 2)]  # (processes, threads per process)
     results = {row: run(*row, args) for row in rows}
     base = results[(1, 1)][0]
-    print(f"\nmodel={args.model} width={args.width} global batch={args.batch_size} "
-          f"steps={args.steps} cpus={os.cpu_count()}")
-    print(f"{'processes':>9} {'threads/proc':>12} {'batch/proc':>10} {'images/s':>9} "
-          f"{'speed-up':>9} {'ideal':>6} {'launch wall s':>14}")
+    print(
+        f"\nmodel={args.model} width={args.width} global batch={args.batch_size} "
+        f"steps={args.steps} cpus={os.cpu_count()}"
+    )
+    print(
+        f"{'processes':>9} {'threads/proc':>12} {'batch/proc':>10} {'images/s':>9} "
+        f"{'speed-up':>9} {'ideal':>6} {'launch wall s':>14}"
+    )
     for (processes, threads), (ips, wall) in results.items():
         ideal = processes * threads
-        print(f"{processes:>9} {threads:>12} {args.batch_size // processes:>10} {ips:>9.0f} "
-              f"{ips / base:>8.2f}x {ideal:>5.0f}x {wall:>14.1f}")
+        print(
+            f"{processes:>9} {threads:>12} {args.batch_size // processes:>10} {ips:>9.0f} "
+            f"{ips / base:>8.2f}x {ideal:>5.0f}x {wall:>14.1f}"
+        )
     two = results[(2, 1)][0]
     print(f"2-process DDP efficiency: {100 * two / (2 * base):.0f}% of the ideal 2x")
 

@@ -31,11 +31,30 @@ from denoise_dist.noise import train_noise
 
 def ours(model: str, batch: int, steps: int, root: Path) -> float:
     with tempfile.TemporaryDirectory() as run_dir:
-        code = cli_main(["train", "--model", model, "--batch-size", str(batch),
-                         "--max-steps", str(steps), "--log-every", str(steps // 6),
-                         "--eval-every", str(steps), "--checkpoint-every", str(steps),
-                         "--val-size", "500", "--cpu", "--output-dir", run_dir,
-                         "--data-dir", str(root)])
+        code = cli_main(
+            [
+                "train",
+                "--model",
+                model,
+                "--batch-size",
+                str(batch),
+                "--max-steps",
+                str(steps),
+                "--log-every",
+                str(steps // 6),
+                "--eval-every",
+                str(steps),
+                "--checkpoint-every",
+                str(steps),
+                "--val-size",
+                "500",
+                "--cpu",
+                "--output-dir",
+                run_dir,
+                "--data-dir",
+                str(root),
+            ]
+        )
         assert code == 0, f"training failed with exit code {code}"
         lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -61,8 +80,7 @@ def reference(model_name: str, batch: int, steps: int, root: Path) -> tuple[floa
     from torch.utils.data import DataLoader
     from torchvision import datasets, transforms
 
-    dataset = datasets.MNIST(str(root), train=True, download=False,
-                             transform=transforms.ToTensor())
+    dataset = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
     loader = DataLoader(dataset, batch_size=batch, shuffle=True, drop_last=True)
     torch.manual_seed(0)
     model = build_model(model_name, **model_kwargs(model_name, 32, 0.2))
@@ -100,15 +118,23 @@ def main() -> None:
     our_data_s = our_data_time(args.batch_size, args.steps, root)
     our_step_s = args.batch_size / our_ips
     ref_step_s = args.batch_size / ref_ips
-    print(f"\nmodel={args.model} batch={args.batch_size} steps={args.steps} "
-          f"threads={torch.get_num_threads()} cpus={os.cpu_count()}")
+    print(
+        f"\nmodel={args.model} batch={args.batch_size} steps={args.steps} "
+        f"threads={torch.get_num_threads()} cpus={os.cpu_count()}"
+    )
     print(f"{'pipeline':<12}{'images/s':>10}{'data ms/step':>14}{'data % of step':>16}")
-    print(f"{'reference':<12}{ref_ips:>10.0f}{1e3 * ref_data_s:>14.2f}"
-          f"{100 * ref_data_s / ref_step_s:>15.1f}%")
-    print(f"{'ours':<12}{our_ips:>10.0f}{1e3 * our_data_s:>14.2f}"
-          f"{100 * our_data_s / our_step_s:>15.1f}%")
-    print(f"speed-up: {our_ips / ref_ips:.2f}x (target >= 1.5x); "
-          f"our data time {100 * our_data_s / our_step_s:.1f}% of a step (target < 5%)")
+    print(
+        f"{'reference':<12}{ref_ips:>10.0f}{1e3 * ref_data_s:>14.2f}"
+        f"{100 * ref_data_s / ref_step_s:>15.1f}%"
+    )
+    print(
+        f"{'ours':<12}{our_ips:>10.0f}{1e3 * our_data_s:>14.2f}"
+        f"{100 * our_data_s / our_step_s:>15.1f}%"
+    )
+    print(
+        f"speed-up: {our_ips / ref_ips:.2f}x (target >= 1.5x); "
+        f"our data time {100 * our_data_s / our_step_s:.1f}% of a step (target < 5%)"
+    )
 
 
 if __name__ == "__main__":

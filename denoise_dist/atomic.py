@@ -15,7 +15,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call `write(tmp_path)`, then atomically move the result to `path`.
 
     A crash leaves either the old file or the new one, never a mix. On error the

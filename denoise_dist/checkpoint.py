@@ -2,8 +2,9 @@
 
 A checkpoint is a folder `checkpoints/step_XXXXXXXX/` holding `accelerator.save_state`'s
 files, our `train_state.json`, any extra weights (the EMA) as safetensors, and last a
-`manifest.json` with each file's size and SHA-256. It is written under a `.partial` name and renamed into place only when complete,
-so a kill at any moment leaves the previous checkpoints untouched. On resume a checkpoint
+`manifest.json` with each file's size and SHA-256. It is written under a `.partial` name
+and renamed into place only when complete, so a kill at any moment leaves the previous
+checkpoints untouched. On resume a checkpoint
 whose manifest is missing or does not match is skipped with a warning.
 """
 
@@ -27,12 +28,33 @@ NAME = re.compile(r"^step_(\d{8})$")
 # Fields that may change between a run and its resume without changing what is trained.
 # (max_steps and epochs may change only where the schedule does not depend on the run's
 # length: `check_length`.)
-RESUMABLE_FIELDS = frozenset({
-    "data_dir", "download", "eval_sigmas", "max_steps", "epochs", "eval_every", "log_every",
-    "output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "debug",
-    "cpu", "mixed_precision", "compile", "dist_timeout", "profile", "report_to", "wandb_mode",
-    "wandb_project", "wandb_entity", "run_name",
-})  # fmt: skip
+RESUMABLE_FIELDS = frozenset(
+    {
+        "data_dir",
+        "download",
+        "eval_sigmas",
+        "max_steps",
+        "epochs",
+        "eval_every",
+        "log_every",
+        "output_dir",
+        "resume",
+        "overwrite",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "debug",
+        "cpu",
+        "mixed_precision",
+        "compile",
+        "dist_timeout",
+        "profile",
+        "report_to",
+        "wandb_mode",
+        "wandb_project",
+        "wandb_entity",
+        "run_name",
+    }
+)
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -58,8 +80,9 @@ def _sha256(path: Path) -> str:
 
 def write_manifest(folder: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
-    entries = {str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)}
-               for p in files}
+    entries = {
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files
+    }
     atomic_write_text(folder / MANIFEST, json.dumps(entries, indent=1, sort_keys=True))
 
 
@@ -101,16 +124,20 @@ def check_compatible(saved: Config, current: Config, where: Path) -> None:
     if changed:
         raise CheckpointError(
             f"{where} was trained with a different config ({'; '.join(changed)}); use "
-            f"another --output-dir, or --overwrite to replace it")
+            f"another --output-dir, or --overwrite to replace it"
+        )
 
 
-def check_length(saved: Config, saved_total: int | None, current: Config, total: int,
-                 where: Path) -> None:  # fmt: skip
+def check_length(
+    saved: Config, saved_total: int | None, current: Config, total: int, where: Path
+) -> None:
     """Refuse a resume that changes the run's length where the learning-rate schedule
     depends on it: the resumed steps would not be the ones of either run."""
     if saved_total is None or saved_total == total or current.optim.schedule == "constant":
         return
-    fields = [f for f in ("max_steps", "epochs") if getattr(saved.train, f) != getattr(current.train, f)]
+    fields = [
+        f for f in ("max_steps", "epochs") if getattr(saved.train, f) != getattr(current.train, f)
+    ]
     named = " and ".join(f"--{f.replace('_', '-')}" for f in fields) or "the run length"
     raise CheckpointError(
         f"{where} was started for {saved_total} steps; {named} now asks for {total}, and its "
@@ -120,8 +147,14 @@ def check_length(saved: Config, saved_total: int | None, current: Config, total:
     )
 
 
-def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: int,
-                    extra: dict[str, dict] | None = None) -> Path:  # fmt: skip
+def save_checkpoint(
+    accelerator,
+    run_dir: Path,
+    step: int,
+    state: dict,
+    keep: int,
+    extra: dict[str, dict] | None = None,
+) -> Path:
     """Save on all ranks together; rename into place only once every file is on disk.
     `extra`: more weights (file name -> state dict), written by the main process."""
     final = checkpoint_dir(run_dir, step)
@@ -152,7 +185,8 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, state: dict, keep: in
         raise CheckpointError(
             f"checkpoint at step {step} failed ({reason}; {free_mb:.1f} MB free in {run_dir}); "
             f"stopping rather than train without checkpoints. Last good checkpoint: "
-            f"{previous[0] if previous else 'none'}") from None
+            f"{previous[0] if previous else 'none'}"
+        ) from None
     accelerator.wait_for_everyone()
     return final
 

@@ -48,18 +48,22 @@ def median3x3(noisy: torch.Tensor) -> torch.Tensor:
     h, w = noisy.shape[-2:]
     padded = F.pad(noisy.float(), (1, 1, 1, 1), mode="replicate")
     # The nine shifted copies; much faster on a CPU than F.unfold.
-    shifted = [padded[..., i:i + h, j:j + w] for i in range(3) for j in range(3)]
+    shifted = [padded[..., i : i + h, j : j + w] for i in range(3) for j in range(3)]
     return torch.stack(shifted, dim=2).median(dim=2).values
 
 
 @torch.no_grad()
-def tune_blur_width(noisy: torch.Tensor, clean: torch.Tensor,
-                    widths: tuple[float, ...] = BLUR_WIDTHS, batch_size: int = 1000) -> float:
+def tune_blur_width(
+    noisy: torch.Tensor,
+    clean: torch.Tensor,
+    widths: tuple[float, ...] = BLUR_WIDTHS,
+    batch_size: int = 1000,
+) -> float:
     """The width with the highest mean per-image PSNR on (noisy, clean); ties go to the
     smaller width."""
     totals = torch.zeros(len(widths), dtype=torch.float64)
     for start in range(0, len(noisy), batch_size):
-        x, y = noisy[start:start + batch_size], clean[start:start + batch_size]
+        x, y = noisy[start : start + batch_size], clean[start : start + batch_size]
         for i, width in enumerate(widths):
             totals[i] += psnr(gaussian_blur(x, width), y).double().sum().cpu()
     return widths[int(totals.argmax())]

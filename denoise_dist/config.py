@@ -112,8 +112,7 @@ class TrainConfig:
     log_every: int = doc("Write a metrics.jsonl line every N steps.", default=25)
     seed: int = doc("Seed for init, data order and noise.", default=0)
     mixed_precision: str = doc(
-        "auto (the launcher's choice, from an accelerate config; else fp32), fp32, fp16 "
-        "or bf16.",
+        "auto (the launcher's choice, from an accelerate config; else fp32), fp32, fp16 or bf16.",
         default="auto",
     )
     compile: bool = doc(
@@ -123,8 +122,7 @@ class TrainConfig:
     )
     cpu: bool = doc("Use the CPU even when a GPU is present.", default=False)
     output_dir: str | None = doc(
-        "Run folder. Default: runs/default, or runs/sweep-<id>/<run id> under a W&B sweep "
-        "agent.",
+        "Run folder. Default: runs/default, or runs/sweep-<id>/<run id> under a W&B sweep agent.",
         default=None,
     )
     resume: str = doc(
@@ -143,8 +141,7 @@ class TrainConfig:
         default=600,
     )
     profile: bool = doc(
-        "Write a torch.profiler trace of a few steps to <run>/profile (TensorBoard, "
-        "Perfetto).",
+        "Write a torch.profiler trace of a few steps to <run>/profile (TensorBoard, Perfetto).",
         default=False,
     )
     debug: bool = doc("Show full tracebacks.", default=False)

@@ -357,8 +357,16 @@ class Splits:
     description: str
 
 
-def load(dataset: str, root: Path, val_size: int | None, patch: int, download: bool,
-         seed: int, device, first=None) -> Splits:  # fmt: skip
+def load(
+    dataset: str,
+    root: Path,
+    val_size: int | None,
+    patch: int,
+    download: bool,
+    seed: int,
+    device,
+    first=None,
+) -> Splits:
     """The splits of `dataset` for training. `first` is a context in which only one
     process runs first (so only one downloads)."""
     from contextlib import nullcontext

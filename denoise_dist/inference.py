@@ -47,16 +47,19 @@ def receptive_radius(model: nn.Module, device=None) -> int:
     was_training = model.training
     model.train()  # no output clamp, whose zero gradient would hide the field
     try:
-        while True:
-            x = torch.rand(1, 1, size, size, device=device, requires_grad=True)
-            centre = size // 2
-            model(x)[0, 0, centre, centre].backward()
-            rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
-            radius = int(max((rows - centre).abs().max(), (cols - centre).abs().max()))
-            if radius < centre - align:  # the field fits inside the probe
-                return radius
-            size = 2 * size - 1
+        with torch.enable_grad():  # callers may run under no_grad
+            while True:
+                x = torch.rand(1, 1, size, size, device=device, requires_grad=True)
+                centre = size // 2
+                model(x)[0, 0, centre, centre].backward()
+                assert x.grad is not None
+                rows, cols = torch.nonzero(x.grad[0, 0], as_tuple=True)
+                radius = int(max((rows - centre).abs().max(), (cols - centre).abs().max()))
+                if radius < centre - align:  # the field fits inside the probe
+                    return radius
+                size = 2 * size - 1
     finally:
+        model.zero_grad(set_to_none=True)
         model.train(was_training)
 
 
@@ -89,6 +92,7 @@ def denoise_tiled(
             y0, x0 = max(0, top - margin), max(0, left - margin)
             y1, x1 = min(height, bottom + margin), min(width, right + margin)
             result = denoise_batched(model, image[..., y0:y1, x0:x1], autocast=autocast)
-            out[..., top:bottom, left:right] = result[..., top - y0 : bottom - y0,
-                                                         left - x0 : right - x0]  # fmt: skip
+            out[..., top:bottom, left:right] = result[
+                ..., top - y0 : bottom - y0, left - x0 : right - x0
+            ]
     return out

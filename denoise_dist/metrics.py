@@ -44,7 +44,8 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = 11, sigma: float 
     var_y = blur(y * y) - mu_y**2
     cov = blur(x * y) - mu_x * mu_y
     ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / (
-        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+        (mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2)
+    )
     return ssim_map.flatten(1).mean(1)
 
 

@@ -24,7 +24,7 @@ from denoise_dist.atomic import atomic_write_text
 from denoise_dist.errors import one_line
 from denoise_dist.metrics import psnr
 from denoise_dist.trackers import SINKS, RunInfo, Sink
-from denoise_dist.trackers.base import Sample
+from denoise_dist.trackers.base import Sample, StartFailed
 
 METRICS = "metrics.jsonl"
 HIGH_WATER = "metrics_high_water.json"  # highest step logged before a resume dropped it
@@ -104,13 +104,15 @@ class Tracker:
             return
         for name in settings.report_to:
             sink = SINKS[name](info, settings)
+            label = LABELS.get(name, name)
             try:
                 if sink.start():
                     self.sinks.append(sink)
             except Exception as e:
+                detail = str(e) if isinstance(e, StartFailed) else one_line(e)
                 warnings.warn(
-                    f"{LABELS.get(name, name)} init failed ({one_line(e)}); continuing "
-                    f"without it; metrics.jsonl and figures/ still record the run",
+                    f"{label} init failed ({detail}); continuing without {label}; "
+                    f"metrics.jsonl and figures/ still record the run",
                     stacklevel=2,
                 )
 
@@ -122,9 +124,10 @@ class Tracker:
             try:
                 call(sink)
             except Exception as e:
+                label = LABELS.get(sink.name, sink.name)
                 warnings.warn(
-                    f"{LABELS.get(sink.name, sink.name)} logging failed ({one_line(e)}); "
-                    f"continuing without it. metrics.jsonl and figures/ still record the run.",
+                    f"{label} logging failed ({one_line(e)}); continuing without {label}. "
+                    f"metrics.jsonl and figures/ still record the run.",
                     stacklevel=3,
                 )
                 self.sinks.remove(sink)

@@ -91,8 +91,9 @@ def restarted(environ=None) -> bool:
     """True in a job that SLURM requeued or torchrun restarted: its run folder holds its
     own progress, which --overwrite must never delete."""
     env = os.environ if environ is None else environ
-    return any(int(env.get(v, "0") or 0) > 0
-               for v in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT"))  # fmt: skip
+    return any(
+        int(env.get(v, "0") or 0) > 0 for v in ("SLURM_RESTART_COUNT", "TORCHELASTIC_RESTART_COUNT")
+    )
 
 
 def resolve_output_dir(cfg: Config, environ=None) -> None:
@@ -169,7 +170,7 @@ class EMA:
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         decay = min(self.decay, (1 + step) / (10 + step))
-        averaged = list(self.model.parameters())
+        averaged: list[torch.Tensor] = list(self.model.parameters())
         torch._foreach_lerp_(averaged, list(model.parameters()), 1 - decay)
         for kept, current in zip(self.model.buffers(), model.buffers(), strict=True):
             kept.copy_(current)  # buffers (none in our models) follow the live model
@@ -226,8 +227,9 @@ class Evaluator:
 
     def __init__(self, cfg: Config, val_images: torch.Tensor, accelerator):
         self.accelerator = accelerator
-        shard = data.eval_shard(len(val_images), accelerator.num_processes,
-                                accelerator.process_index)  # fmt: skip
+        shard = data.eval_shard(
+            len(val_images), accelerator.num_processes, accelerator.process_index
+        )
         clean = data.to_float(val_images)
         self.clean = clean[shard]
         n = cfg.noise
@@ -266,8 +268,17 @@ class TrainStep:
     With --compile the noise draw and the model run through torch.compile (the model
     through Accelerate's dynamo settings; CUDA graphs on a GPU)."""
 
-    def __init__(self, cfg: Config, accelerator, model, optimizer, ema: EMA | None,
-                 train_set, sharding: data.Sharding, total: int):  # fmt: skip
+    def __init__(
+        self,
+        cfg: Config,
+        accelerator,
+        model,
+        optimizer,
+        ema: EMA | None,
+        train_set,
+        sharding: data.Sharding,
+        total: int,
+    ):
         self.cfg, self.accelerator, self.model, self.optimizer = cfg, accelerator, model, optimizer
         self.ema, self.train_set, self.sharding, self.total = ema, train_set, sharding, total
         device = accelerator.device
@@ -309,9 +320,10 @@ class TrainStep:
 
 def make_optimizer(cfg: Config, model, device: torch.device) -> torch.optim.Optimizer:
     # The fused CUDA kernel is one launch per step instead of one per tensor group.
-    fused = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.Adam(model.parameters(), lr=cfg.optim.lr,
-                            weight_decay=cfg.optim.weight_decay, **fused)  # fmt: skip
+    fused = True if device.type == "cuda" else None
+    return torch.optim.Adam(
+        model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, fused=fused
+    )
 
 
 @contextmanager
@@ -327,8 +339,12 @@ def maybe_profile(enabled: bool, run_dir: Path, rank: int):
     if torch.cuda.is_available():
         activities.append(ProfilerActivity.CUDA)
     handler = tensorboard_trace_handler(str(run_dir / PROFILE_DIR), worker_name=f"rank{rank}")
-    with profile(activities=activities, schedule=schedule(**PROFILE_STEPS, repeat=1),
-                 on_trace_ready=handler, record_shapes=True) as profiler:  # fmt: skip
+    with profile(
+        activities=activities,
+        schedule=schedule(**PROFILE_STEPS, repeat=1),
+        on_trace_ready=handler,
+        record_shapes=True,
+    ) as profiler:
         yield profiler.step
 
 
@@ -340,8 +356,9 @@ def train(cfg: Config) -> dict:
     phases = Phases()
     resolve_output_dir(cfg)
     with phases("accelerator"):
-        accelerator = runtime.make_accelerator(cfg.train.cpu, cfg.train.mixed_precision,
-                                               cfg.train.dist_timeout, cfg.train.compile)  # fmt: skip
+        accelerator = runtime.make_accelerator(
+            cfg.train.cpu, cfg.train.mixed_precision, cfg.train.dist_timeout, cfg.train.compile
+        )
     from rich.console import Console
 
     console = Console(quiet=not accelerator.is_main_process)
@@ -350,11 +367,19 @@ def train(cfg: Config) -> dict:
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     with phases("data"):
         root = data.resolve_data_root(cfg.data.data_dir)
-        splits = data.load(cfg.data.dataset, root, cfg.data.val_size, cfg.data.patch_size,
-                           cfg.data.download, cfg.train.seed, device,
-                           accelerator.main_process_first)  # fmt: skip
-    sharding = data.Sharding(splits.train.num_examples, cfg.train.batch_size, world, rank,
-                             cfg.optim.grad_accum)  # fmt: skip
+        splits = data.load(
+            cfg.data.dataset,
+            root,
+            cfg.data.val_size,
+            cfg.data.patch_size,
+            cfg.data.download,
+            cfg.train.seed,
+            device,
+            accelerator.main_process_first,
+        )
+    sharding = data.Sharding(
+        splits.train.num_examples, cfg.train.batch_size, world, rank, cfg.optim.grad_accum
+    )
     total = total_steps(cfg, sharding.steps_per_epoch)
 
     with phases("model"):
@@ -375,8 +400,13 @@ def train(cfg: Config) -> dict:
             if ema is not None:
                 saved_ema = checkpoint.load_tensors(resume_from / EMA_FILE, device)
                 ema.load_state_dict(saved_ema if saved_ema is not None else model.state_dict())
-        checkpoint.check_length(from_dict(checkpoint.read_state(resume_from)["config"]),
-                                state.total_steps, cfg, total, resume_from)  # fmt: skip
+        checkpoint.check_length(
+            from_dict(checkpoint.read_state(resume_from)["config"]),
+            state.total_steps,
+            cfg,
+            total,
+            resume_from,
+        )
         console.print(f"resumed from {resume_from} at step {state.step}", soft_wrap=True)
     state.total_steps = total
     state.run_id = state.run_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
@@ -415,17 +445,27 @@ def train(cfg: Config) -> dict:
 
     with phases("trackers"):
         name = cfg.tracking.run_name or f"{cfg.model.model}-{cfg.noise.noise}-{state.run_id}"
-        info = RunInfo(run_dir, state.run_id, name, cfg.tracking.wandb_project, cfg.to_dict(),
-                       launch, resumed=resume_from is not None)  # fmt: skip
+        info = RunInfo(
+            run_dir,
+            state.run_id,
+            name,
+            cfg.tracking.wandb_project,
+            cfg.to_dict(),
+            launch,
+            resumed=resume_from is not None,
+        )
         params = noise.params_of(cfg.noise.noise, cfg.noise)
-        tracker = Tracker(info, cfg.tracking, accelerator.is_main_process,
-                          noise.describe(cfg.noise.noise, params))  # fmt: skip
+        tracker = Tracker(
+            info, cfg.tracking, accelerator.is_main_process, noise.describe(cfg.noise.noise, params)
+        )
     with phases("evaluation"):
         evaluator = Evaluator(cfg, splits.val, accelerator)
         baseline = evaluator.noisy_baseline()
         clean_samples = data.to_float(splits.samples)
-        samples = (noise.fixed_noisy(clean_samples, cfg.noise.noise, params, "test",
-                                     cfg.noise.eval_seed), clean_samples)  # fmt: skip
+        samples = (
+            noise.fixed_noisy(clean_samples, cfg.noise.noise, params, "test", cfg.noise.eval_seed),
+            clean_samples,
+        )
     train_step = TrainStep(cfg, accelerator, model, optimizer, ema, splits.train, sharding, total)
     stop = StopRequest().install()
 
@@ -437,18 +477,31 @@ def train(cfg: Config) -> dict:
         state.step = step
         extra = {EMA_FILE: ema.state_dict()} if ema is not None else None
         with phases("checkpoints"):
-            checkpoint.save_checkpoint(accelerator, run_dir, step,
-                                       {**asdict(state), "config": cfg.to_dict()},
-                                       cfg.train.keep_checkpoints, extra)  # fmt: skip
+            checkpoint.save_checkpoint(
+                accelerator,
+                run_dir,
+                step,
+                {**asdict(state), "config": cfg.to_dict()},
+                cfg.train.keep_checkpoints,
+                extra,
+            )
 
     def evaluate(step: int) -> dict:
         with phases("evaluation"):
             metrics = evaluator(scored_model())
             if accelerator.is_main_process and metrics["val_psnr"] > state.best_val_psnr:
-                save_model(scored_model(), run_dir / BEST_MODEL,
-                           {"model": cfg.model.model, "model_kwargs": kwargs, "step": step,
-                            "val_psnr": metrics["val_psnr"], "ema": ema is not None,
-                            "config": cfg.to_dict()})  # fmt: skip
+                save_model(
+                    scored_model(),
+                    run_dir / BEST_MODEL,
+                    {
+                        "model": cfg.model.model,
+                        "model_kwargs": kwargs,
+                        "step": step,
+                        "val_psnr": metrics["val_psnr"],
+                        "ema": ema is not None,
+                        "config": cfg.to_dict(),
+                    },
+                )
             state.best_val_psnr = max(state.best_val_psnr, metrics["val_psnr"])
             tracker.log({**metrics, **baseline}, step)
             if accelerator.is_main_process:  # the same fixed images at every evaluation
@@ -486,7 +539,7 @@ def train(cfg: Config) -> dict:
                     "loss": losses[-1][0],
                     "grad_norm": losses[-1][1],
                     "lr": lr_at(step - 1, cfg, total),
-                        "images_per_s": len(losses) * cfg.train.batch_size / elapsed,
+                    "images_per_s": len(losses) * cfg.train.batch_size / elapsed,
                     "train_time_s": state.train_time_s,
                 }
                 tracker.log(record, step)
@@ -514,12 +567,27 @@ def train(cfg: Config) -> dict:
     if not last_metrics:  # resumed a finished run: score it again, but log nothing twice
         console.print(f"the run in {run_dir} is already complete at step {step}")
         last_metrics = evaluator(scored_model())
-    summary = {"step": step, "best_val_psnr": state.best_val_psnr, **baseline, **last_metrics,
-               **launch, "run_id": state.run_id}  # fmt: skip
+    summary = {
+        "step": step,
+        "best_val_psnr": state.best_val_psnr,
+        **baseline,
+        **last_metrics,
+        **launch,
+        "run_id": state.run_id,
+    }
     if accelerator.is_main_process:
         with phases("figures and summary"):
-            write_outputs(cfg, run_dir, scored_model(), samples, summary, tracker, step,
-                          accelerator.autocast, params)  # fmt: skip
+            write_outputs(
+                cfg,
+                run_dir,
+                scored_model(),
+                samples,
+                summary,
+                tracker,
+                step,
+                accelerator.autocast,
+                params,
+            )
             tracker.finish()
         summary["timings_s"] = {k: round(v, 3) for k, v in phases.seconds.items()}
         atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))
@@ -529,8 +597,17 @@ def train(cfg: Config) -> dict:
     return summary
 
 
-def write_outputs(cfg: Config, run_dir: Path, model, samples, summary: dict, tracker: Tracker,
-                  step: int, autocast, params: dict) -> None:  # fmt: skip
+def write_outputs(
+    cfg: Config,
+    run_dir: Path,
+    model,
+    samples,
+    summary: dict,
+    tracker: Tracker,
+    step: int,
+    autocast,
+    params: dict,
+) -> None:
     """Final sample grid and curves as PNG; to the trackers, the samples with their PSNR
     and the best model (the grid went there with the last evaluation)."""
     noisy, clean = samples
@@ -539,8 +616,9 @@ def write_outputs(cfg: Config, run_dir: Path, model, samples, summary: dict, tra
         f"{noise.describe(cfg.noise.noise, params)}  step {step}  "
         f"val PSNR {summary['val_psnr']:.2f} dB"
     )
-    figures.save_sample_figure(figures.sample_grid(noisy, denoised, clean),
-                               run_dir / "figures" / "samples.png", caption)  # fmt: skip
+    figures.save_sample_figure(
+        figures.sample_grid(noisy, denoised, clean), run_dir / "figures" / "samples.png", caption
+    )
     figures.save_curves(read_metrics(run_dir), run_dir / "figures" / "curves.png")
     tracker.log_final(noisy, denoised, clean, step, run_dir / BEST_MODEL)
 
@@ -554,10 +632,14 @@ class ProgressBar:
         if console.is_terminal and not console.quiet:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(),
-                                TextColumn("{task.completed}/{task.total}"),
-                                TextColumn("loss {task.fields[loss]}"), TimeRemainingColumn(),
-                                console=console)  # fmt: skip
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("loss {task.fields[loss]}"),
+                TimeRemainingColumn(),
+                console=console,
+            )
             self.task = self.bar.add_task("train", total=total, completed=start, loss="-")
             self.bar.start()
 
@@ -577,8 +659,16 @@ def print_summary(console, summary: dict, run_dir: Path) -> None:
     table = Table(title=f"denoise-dist run: {run_dir}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("step", "val_psnr_noisy", "val_psnr", "best_val_psnr", "val_ssim_noisy",
-                "val_ssim", "world_size", "precision"):  # fmt: skip
+    for key in (
+        "step",
+        "val_psnr_noisy",
+        "val_psnr",
+        "best_val_psnr",
+        "val_ssim_noisy",
+        "val_ssim",
+        "world_size",
+        "precision",
+    ):
         value = summary.get(key)
         table.add_row(key, f"{value:.3f}" if isinstance(value, float) else str(value))
     console.print(table)
@@ -586,8 +676,9 @@ def print_summary(console, summary: dict, run_dir: Path) -> None:
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    parser = parser or argparse.ArgumentParser(prog="denoise_dist.train",
-                                               description=__doc__.splitlines()[0])  # fmt: skip
+    parser = parser or argparse.ArgumentParser(
+        prog="denoise_dist.train", description=__doc__.splitlines()[0]
+    )
     add_config_flags(parser)
     return parser
 

@@ -18,6 +18,15 @@ export WANDB_MODE=${WANDB_MODE:-offline}      # compute nodes: no network; `wand
 export PYTHONUNBUFFERED=1                     # log lines appear in the job log as they happen
 export COLUMNS=${COLUMNS:-120}                # wider rich tables in the log file
 
+# GPUs Slurm gave this node. SLURM_GPUS_ON_NODE is set however they were asked for
+# (--gres=gpu:N, --gpus-per-node=N, --gpus=N); SLURM_GPUS_PER_NODE only for
+# --gpus-per-node, and as "type:N" when a type was named. No GPUs: 1 (one CPU process).
+gpus_on_node() {
+    local count=${SLURM_GPUS_ON_NODE:-${SLURM_GPUS_PER_NODE:-1}}
+    count=${count##*:}
+    [ "$count" -gt 0 ] 2>/dev/null && echo "$count" || echo 1
+}
+
 log() {
     echo "[denoise-dist job ${SLURM_JOB_ID:-?} restart ${RESTART}] $(date '+%F %T') $*"
 }

@@ -14,10 +14,26 @@ from tests.helpers import REPO, require
 
 SHARED_DATA = REPO.parent / "shared" / "data"
 # scikit-image's bundled pictures: real photographs that install without the internet.
-PHOTOGRAPHS = ("astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png",
-               "clock_motion.png", "coffee.png", "coins.png", "grass.png", "gravel.png",
-               "hubble_deep_field.jpg", "ihc.png", "moon.png", "motorcycle_left.png",
-               "motorcycle_right.png", "page.png", "retina.jpg", "rocket.jpg")  # fmt: skip
+PHOTOGRAPHS = (
+    "astronaut.png",
+    "brick.png",
+    "camera.png",
+    "cell.png",
+    "chelsea.png",
+    "clock_motion.png",
+    "coffee.png",
+    "coins.png",
+    "grass.png",
+    "gravel.png",
+    "hubble_deep_field.jpg",
+    "ihc.png",
+    "moon.png",
+    "motorcycle_left.png",
+    "motorcycle_right.png",
+    "page.png",
+    "retina.jpg",
+    "rocket.jpg",
+)
 
 # Tests (not the package) know where the shared MNIST copy lives.
 if "DENOISE_DIST_DATA" not in os.environ and SHARED_DATA.is_dir():
@@ -29,8 +45,10 @@ os.environ.setdefault("WANDB_SILENT", "true")
 @pytest.fixture(scope="session")
 def mnist_root() -> Path:
     root = Path(os.environ.get("DENOISE_DIST_DATA", ""))
-    require((root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists(),
-            f"real MNIST not found under DENOISE_DIST_DATA={root or '(unset)'}")  # fmt: skip
+    require(
+        (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists(),
+        f"real MNIST not found under DENOISE_DIST_DATA={root or '(unset)'}",
+    )
     return root
 
 

@@ -30,30 +30,66 @@ def require(condition: bool, reason: str) -> None:
 
 def tiny_args(run_dir: Path, *extra: str) -> list[str]:
     """CLI flags for a seconds-long CPU training on real MNIST."""
-    return ["--output-dir", str(run_dir), "--model", "unet", "--width", "8",
-            "--batch-size", "32", "--max-steps", "20", "--eval-every", "10",
-            "--log-every", "5", "--checkpoint-every", "10", "--val-size", "256",
-            "--cpu", *extra]  # fmt: skip
+    return [
+        "--output-dir",
+        str(run_dir),
+        "--model",
+        "unet",
+        "--width",
+        "8",
+        "--batch-size",
+        "32",
+        "--max-steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--log-every",
+        "5",
+        "--checkpoint-every",
+        "10",
+        "--val-size",
+        "256",
+        "--cpu",
+        *extra,
+    ]
 
 
-def run_cli(*args: str, env: dict | None = None, timeout: float = 300,
-            module: str = "denoise_dist", cwd=None) -> subprocess.CompletedProcess:  # fmt: skip
+def run_cli(
+    *args: str,
+    env: dict | None = None,
+    timeout: float = 300,
+    module: str = "denoise_dist",
+    cwd=None,
+) -> subprocess.CompletedProcess:
     """Run `python -m denoise_dist ...` in a subprocess and capture its output."""
-    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd,
-                          stdin=subprocess.DEVNULL)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def launch(accelerate_flags, target, train_flags, timeout=240, background=False, env=None):
     """`accelerate launch [flags] -m <target> [flags]` (or a script); with
     background=True, the started Popen instead of the finished result."""
     target_args = [target] if target.endswith(".py") else ["-m", *target.split()]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", *accelerate_flags,
-           *target_args, *map(str, train_flags)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        *accelerate_flags,
+        *target_args,
+        *map(str, train_flags),
+    ]
     full_env = {**os.environ, **(env or {})}
     if background:
-        return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=full_env)  # fmt: skip
+        return subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=full_env
+        )
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
 
 
@@ -67,11 +103,28 @@ def two_machine_launch(target, train_flags, timeout):
     """Two `accelerate launch` processes, one per "machine", meeting at 127.0.0.1:port:
     the code path of a multi-node SLURM job. Returns [(returncode, stdout, stderr)]."""
     port = str(free_port())
-    machines = [launch(["--config_file", str(CONFIGS / "multi_node.yaml"),
-                        "--num_processes", "2", "--num_machines", "2",
-                        "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
-                        "--main_process_port", port], target, train_flags, background=True)
-                for rank in (0, 1)]  # fmt: skip
+    machines = [
+        launch(
+            [
+                "--config_file",
+                str(CONFIGS / "multi_node.yaml"),
+                "--num_processes",
+                "2",
+                "--num_machines",
+                "2",
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                "127.0.0.1",
+                "--main_process_port",
+                port,
+            ],
+            target,
+            train_flags,
+            background=True,
+        )
+        for rank in (0, 1)
+    ]
     try:
         outputs = [m.communicate(timeout=timeout) for m in machines]
     finally:
@@ -102,5 +155,6 @@ def loss_curve(run_dir: Path) -> list[tuple]:
 
 
 def val_curve(run_dir: Path) -> list[tuple]:
-    return [(r["step"], r["val_psnr"], r["val_ssim"]) for r in read_metrics(run_dir)
-            if "val_psnr" in r]  # fmt: skip
+    return [
+        (r["step"], r["val_psnr"], r["val_ssim"]) for r in read_metrics(run_dir) if "val_psnr" in r
+    ]

@@ -70,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def collect_inputs(inputs: list[str], recursive: bool, failures: list[str]):
     """[(file, its path relative to the output folder)]."""
-    files = []
+    files: list[tuple[Path, Path]] = []
     for given in map(Path, inputs):
         if given.is_dir():
             found = images.find_images(given, recursive)
@@ -106,14 +106,18 @@ def plan_targets(files, out_dir: Path, failures: list[str]) -> dict[Path, Path]:
                 f"--out {out_dir} would overwrite the input {source}; choose another output folder"
             )
         if target in claimed:
-            fail(failures, source, f"same name as {claimed[target]}; both would be written to {target}")
+            fail(
+                failures,
+                source,
+                f"same name as {claimed[target]}; both would be written to {target}",
+            )
             continue
         claimed[target] = source
         targets[source] = target
     return targets
 
 
-def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
@@ -135,7 +139,8 @@ def denoise(args: argparse.Namespace) -> int:
     files = collect_inputs(args.inputs, args.recursive, failures)
     targets = plan_targets(files, out_dir, failures)
     # The model's input size: any for fully convolutional models, fixed for seed_ae.
-    fixed = None if MODELS[meta["model"]].fully_convolutional else (model.image_size,) * 2
+    spec = MODELS[meta["model"]]
+    fixed = None if spec.fully_convolutional else (spec.cls.image_size,) * 2
     if fixed and state.is_main_process:
         print(
             f"{meta['model']} takes {fixed[0]}x{fixed[1]} images only: each input is resized "

@@ -151,9 +151,9 @@ def load_eval_images(cfg: Config, root: Path, max_images: int | None) -> EvalIma
             f"crops of the training files ({min(len(crops), MAX_TUNING_CROPS)})",
         )
     test = data.load_split(cfg.data.dataset, root, "test", cfg.data.download)
-    train = data.load_split(cfg.data.dataset, root, "train", cfg.data.download)
+    train_split = data.load_split(cfg.data.dataset, root, "train", cfg.data.download)
     val_size = data.DEFAULT_VAL_SIZE if cfg.data.val_size is None else cfg.data.val_size
-    val = data.split_train_val(train, val_size)[1]
+    val = data.split_train_val(train_split, val_size)[1]
     return EvalImages(
         [data.to_float(test[:max_images])],
         data.to_float(val),
@@ -190,8 +190,15 @@ def evaluate(args: argparse.Namespace) -> dict:
     meta = read_meta(model_path)
     cfg = from_dict(meta["config"]) if "config" in meta else Config()
     noise_name = args.noise or cfg.noise.noise
-    given = [(f, v) for f, v in (("--levels", args.levels), ("--sigmas", args.sigmas),
-                                 ("--amounts", args.amounts)) if v]  # fmt: skip
+    given = [
+        (f, v)
+        for f, v in (
+            ("--levels", args.levels),
+            ("--sigmas", args.sigmas),
+            ("--amounts", args.amounts),
+        )
+        if v
+    ]
     if len(given) > 1:
         raise ConfigError(f"give the levels once ({' or '.join(f for f, _ in given)})")
     flag, values = given[0] if given else ("--levels", None)
@@ -218,7 +225,9 @@ def evaluate(args: argparse.Namespace) -> dict:
     widths = []
     for i, (_, name, params) in enumerate(levels):
         tuning_noisy = noise.fixed_noisy(images.tuning, name, params, "val", cfg.noise.eval_seed)
-        width = classical.tune_blur_width(tuning_noisy.to(device), tuning, batch_size=args.batch_size)
+        width = classical.tune_blur_width(
+            tuning_noisy.to(device), tuning, batch_size=args.batch_size
+        )
         widths.append(width)
         noisy_all = noisy_groups(images, name, params, cfg.noise.eval_seed)
         clean_mine, indices = shard(images.groups, world, rank)
@@ -299,8 +308,9 @@ def pick(groups: list[torch.Tensor], indices: list[int]) -> list[torch.Tensor]:
     return out
 
 
-def write_outputs(report, out_dir: Path, model, images: EvalImages, noisy_groups_, hardest,
-                  batch_size: int) -> None:  # fmt: skip
+def write_outputs(
+    report, out_dir: Path, model, images: EvalImages, noisy_groups_, hardest, batch_size: int
+) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / EVAL_FILE, json.dumps(report, indent=2))
     save_psnr_plot(report, out_dir / PLOT_FILE)

@@ -13,19 +13,23 @@ from denoise_dist.models.padding import crop, pad_to_multiple
 
 
 class ConvAE(nn.Module):
-
     def __init__(self, width: int = 32):
         super().__init__()
         self.stride = 4  # two stride-2 levels: inputs are padded to a multiple of 4
         w = width
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, w, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),      # H/2
-            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU(),  # H/4
+            nn.Conv2d(1, w, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # H/2
+            nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1),
+            nn.ReLU(),  # H/4
         )
         self.decoder = nn.Sequential(
-            nn.ConvTranspose2d(2 * w, 2 * w, 2, stride=2), nn.ReLU(),    # H/2
-            nn.ConvTranspose2d(2 * w, w, 2, stride=2), nn.ReLU(),        # H
+            nn.ConvTranspose2d(2 * w, 2 * w, 2, stride=2),
+            nn.ReLU(),  # H/2
+            nn.ConvTranspose2d(2 * w, w, 2, stride=2),
+            nn.ReLU(),  # H
             nn.Conv2d(w, 1, 3, padding=1),
         )
 

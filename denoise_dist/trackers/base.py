@@ -11,6 +11,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 
+class StartFailed(Exception):
+    """A tracker could not start; the message says why, in one line."""
+
+
 @dataclass
 class RunInfo:
     """What a tracker needs to know about the run it records."""

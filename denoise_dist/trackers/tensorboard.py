@@ -46,8 +46,7 @@ class TensorBoardSink(Sink):
         self.tracker.log(values, step=step)
 
     def log_grid(self, grid: np.ndarray, caption: str, step: int) -> None:
-        self.tracker.log_images({"samples": grid[None, :, :, None]}, step=step,
-                                dataformats="NHWC")  # fmt: skip
+        self.tracker.log_images({"samples": grid[None, :, :, None]}, step=step, dataformats="NHWC")
         self.tracker.log({"samples/caption": caption}, step=step)
 
     def finish(self, preempted: bool) -> None:

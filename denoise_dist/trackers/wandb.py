@@ -20,7 +20,7 @@ import numpy as np
 
 from denoise_dist.errors import one_line
 from denoise_dist.preempt import PREEMPTED_EXIT_CODE
-from denoise_dist.trackers.base import Sample, Sink
+from denoise_dist.trackers.base import Sample, Sink, StartFailed
 
 WANDB_DIR = "wandb"
 INIT_TIMEOUT_S = 30
@@ -101,7 +101,7 @@ class WandbSink(Sink):
                 failures.append(f"{attempt}: {one_line(e)}")
                 _teardown()  # a timed-out init still holds the run id in W&B's service
         else:
-            raise RuntimeError("; ".join(failures))
+            raise StartFailed("; ".join(failures))
         if failures:
             warnings.warn(
                 f"W&B init failed ({'; '.join(failures)}); logging offline to "
@@ -149,11 +149,19 @@ class WandbSink(Sink):
     def log_samples(self, samples: list[Sample], step: int) -> None:
         image = self.wandb.Image
         rows = [
-            [i, image(s.noisy), image(s.denoised), image(s.clean), s.psnr_noisy,
-             s.psnr_denoised, s.psnr_denoised - s.psnr_noisy]
+            [
+                i,
+                image(s.noisy),
+                image(s.denoised),
+                image(s.clean),
+                s.psnr_noisy,
+                s.psnr_denoised,
+                s.psnr_denoised - s.psnr_noisy,
+            ]
             for i, s in enumerate(samples)
-        ]  # fmt: skip
-        table = self.wandb.Table(columns=TABLE_COLUMNS, data=rows)
+        ]
+        columns: list[str | int] = list(TABLE_COLUMNS)
+        table = self.wandb.Table(columns=columns, data=rows)
         self.run.log({"sample_table": table}, step=step)
 
     def log_model(self, path: Path) -> None:

@@ -67,8 +67,11 @@ def stall_in_checkpoint(nth: int) -> None:
     Accelerator.save_state = stalling
 
 
-FAULTS = {"nan-at-step": nan_at_step, "enospc-at-checkpoint": enospc_at_checkpoint,
-          "stall-in-checkpoint": stall_in_checkpoint}
+FAULTS = {
+    "nan-at-step": nan_at_step,
+    "enospc-at-checkpoint": enospc_at_checkpoint,
+    "stall-in-checkpoint": stall_in_checkpoint,
+}
 
 if __name__ == "__main__":
     name, value = sys.argv[1].split("=")

@@ -23,16 +23,23 @@ INJECT = str(Path(__file__).with_name("inject.py"))
 
 
 def inject(fault: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, INJECT, fault, "train", *args], capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, INJECT, fault, "train", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="module")
 def reference_run(mnist_root, tmp_path_factory) -> Path:
     """An uninterrupted 40-step run that the faulty runs must end up equal to."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    result = run_cli("train", *tiny_args(run, "--max-steps", "40", "--checkpoint-every", "5",
-                                         "--keep-checkpoints", "20"))
+    result = run_cli(
+        "train",
+        *tiny_args(run, "--max-steps", "40", "--checkpoint-every", "5", "--keep-checkpoints", "20"),
+    )
     assert result.returncode == 0, result.stderr
     return run
 
@@ -46,8 +53,12 @@ def test_kill_9_at_random_moments_then_resume(reference_run, tmp_path):
     while True:
         mid_checkpoint = kills == 2  # this time kill inside a checkpoint write
         command = [INJECT, "stall-in-checkpoint=1"] if mid_checkpoint else ["-m", "denoise_dist"]
-        proc = subprocess.Popen([sys.executable, *command, "train", *args],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, *command, "train", *args],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         if kills == 6:  # enough: let the last resume finish
             assert proc.wait(timeout=300) == 0, proc.stderr.read()
             break
@@ -79,8 +90,11 @@ def last_step(run: Path) -> int:
 
 
 def newest_checkpoint_step(run: Path) -> int:
-    steps = [int(p.name[5:]) for p in (run / "checkpoints").glob("step_*")
-             if not p.name.endswith(".partial") and verify(p) is None]
+    steps = [
+        int(p.name[5:])
+        for p in (run / "checkpoints").glob("step_*")
+        if not p.name.endswith(".partial") and verify(p) is None
+    ]
     return max(steps, default=0)
 
 
@@ -101,8 +115,13 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference_run,
 def small_tmpfs(tmp_path):
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
-    ok = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount_point)],
-                        capture_output=True).returncode == 0
+    ok = (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1600k", "tmpfs", str(mount_point)],
+            capture_output=True,
+        ).returncode
+        == 0
+    )
     require(ok, "cannot mount a tmpfs (needs root) to simulate a full disk")
     yield mount_point
     subprocess.run(["umount", str(mount_point)], check=False)
@@ -111,8 +130,20 @@ def small_tmpfs(tmp_path):
 def test_full_disk_keeps_the_previous_checkpoint_and_stops(mnist_root, small_tmpfs):
     """A real ENOSPC from a 1.6 MB tmpfs: one checkpoint fits, the next does not."""
     run = small_tmpfs / "run"
-    result = run_cli("train", *tiny_args(run, "--max-steps", "40", "--checkpoint-every", "10",
-                                         "--eval-every", "1000", "--keep-checkpoints", "5"))
+    result = run_cli(
+        "train",
+        *tiny_args(
+            run,
+            "--max-steps",
+            "40",
+            "--checkpoint-every",
+            "10",
+            "--eval-every",
+            "1000",
+            "--keep-checkpoints",
+            "5",
+        ),
+    )
     assert result.returncode != 0
     assert re.search(r"checkpoint at step \d+ failed \(.*MB free", result.stderr)
     assert "Traceback" not in result.stderr
@@ -124,11 +155,14 @@ def test_full_disk_keeps_the_previous_checkpoint_and_stops(mnist_root, small_tmp
 
 def test_failed_checkpoint_write_is_cleaned_up_and_stops_training(mnist_root, tmp_path):
     run = tmp_path / "run"
-    result = inject("enospc-at-checkpoint=2",
-                    *tiny_args(run, "--max-steps", "40", "--checkpoint-every", "10"))
+    result = inject(
+        "enospc-at-checkpoint=2", *tiny_args(run, "--max-steps", "40", "--checkpoint-every", "10")
+    )
     assert result.returncode == 1
-    assert ("checkpoint at step 20 failed (No space left on device;" in result.stderr
-            and "Last good checkpoint: step_00000010" in result.stderr)
+    assert (
+        "checkpoint at step 20 failed (No space left on device;" in result.stderr
+        and "Last good checkpoint: step_00000010" in result.stderr
+    )
     assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000010"]
     assert verify(run / "checkpoints" / "step_00000010") is None
     assert max(m["step"] for m in metrics(run)) == 20  # it did not train on
@@ -136,8 +170,9 @@ def test_failed_checkpoint_write_is_cleaned_up_and_stops_training(mnist_root, tm
 
 def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(mnist_root, tmp_path):
     run = tmp_path / "run"
-    result = inject("nan-at-step=13",
-                    *tiny_args(run, "--checkpoint-every", "10", "--log-every", "5"))
+    result = inject(
+        "nan-at-step=13", *tiny_args(run, "--checkpoint-every", "10", "--log-every", "5")
+    )
     assert result.returncode == 1
     assert "loss became nan at step 13" in result.stderr
     assert "step_00000010" in result.stderr and "Traceback" not in result.stderr
@@ -148,10 +183,14 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(mnist_ro
 
 def test_checkpoint_from_another_model_names_the_differing_fields(mnist_root, tmp_path):
     other = tmp_path / "other"
-    assert run_cli("train", *tiny_args(other, "--max-steps", "5",
-                                       "--model", "conv_ae")).returncode == 0
-    result = run_cli("train", *tiny_args(tmp_path / "new", "--resume",
-                                         str(other / "checkpoints" / "step_00000005")))
+    assert (
+        run_cli("train", *tiny_args(other, "--max-steps", "5", "--model", "conv_ae")).returncode
+        == 0
+    )
+    result = run_cli(
+        "train",
+        *tiny_args(tmp_path / "new", "--resume", str(other / "checkpoints" / "step_00000005")),
+    )
     assert result.returncode != 0
     assert "model: 'conv_ae' -> 'unet'" in result.stderr and "Traceback" not in result.stderr
 
@@ -179,10 +218,19 @@ def test_no_secret_reaches_the_run_folder_and_nothing_is_world_writable(mnist_ro
     run = tmp_path / "run"
     secret = "0123456789abcdef0123456789abcdef01234567"
     result = subprocess.run(
-        [sys.executable, "-m", "denoise_dist", "train",
-         *tiny_args(run, "--max-steps", "5", "--report-to", "wandb", "--wandb-mode", "offline")],
-        capture_output=True, text=True, timeout=300, preexec_fn=lambda: os.umask(0),
-        env={**os.environ, "WANDB_API_KEY": secret, "WANDB_MODE": "offline"})
+        [
+            sys.executable,
+            "-m",
+            "denoise_dist",
+            "train",
+            *tiny_args(run, "--max-steps", "5", "--report-to", "wandb", "--wandb-mode", "offline"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: os.umask(0),
+        env={**os.environ, "WANDB_API_KEY": secret, "WANDB_MODE": "offline"},
+    )
     assert result.returncode == 0, result.stderr
     assert secret not in result.stdout + result.stderr
     files = [p for p in run.rglob("*")]

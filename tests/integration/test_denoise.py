@@ -1,5 +1,6 @@
-"""`denoise-dist denoise` on real image files: round trips, bad files, huge images, inputs
-that must never be overwritten, and model files that must never be unpickled."""
+"""`denoise-dist denoise` on image files: round trips of every format and bit depth, tiles
+on a real photograph, bad files, huge images, inputs that must never be overwritten, and
+model files that must never be unpickled."""
 
 import hashlib
 import io
@@ -13,7 +14,8 @@ from PIL import Image
 
 from denoise_dist.export import save_model
 from denoise_dist.models import build_model
-from tests.conftest import run_cli
+from tests.conftest import skimage_data
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -26,8 +28,9 @@ def models(tmp_path_factory):
     for name, kwargs in [("unet", {"width": 8}), ("seed_ae", {"dropout": 0.2})]:
         torch.manual_seed(0)
         paths[name] = folder / f"{name}.safetensors"
-        save_model(build_model(name, **kwargs), paths[name],
-                   {"model": name, "model_kwargs": kwargs})
+        save_model(
+            build_model(name, **kwargs), paths[name], {"model": name, "model_kwargs": kwargs}
+        )
     return paths
 
 
@@ -56,13 +59,13 @@ def digests(folder):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
 
 
-def expected_output(model_path, gray):
-    """What the model should write for a [H, W] float image in [0, 1], as uint8."""
+def expected_output(model_path, gray, top=255):
+    """What the model should write for a [H, W] float image in [0, 1], as integers."""
     from denoise_dist import load_model
 
     with torch.no_grad():
         out = load_model(model_path)(torch.from_numpy(gray).float()[None, None])[0, 0]
-    return (out.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    return (out.clamp(0, 1) * top).round().to(torch.int64).numpy()
 
 
 def read(path):
@@ -95,22 +98,28 @@ def test_round_trip_of_png_jpeg_tiff_bmp_odd_sizes_rgb_and_16_bit(models, tmp_pa
     before = digests(inputs)
 
     out = tmp_path / "out"
-    # --batch-size 2 with three 28x28 images: batches of 2 and 1.
-    result = denoise(models["unet"], inputs, single, "--out", out, "--batch-size", 2)
+    result = denoise(models["unet"], inputs, single, "--out", out)
     assert result.returncode == 0, result.stderr
     assert "denoised 10 images" in result.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*gray, "rgb.png", "deep.png", "photo.jpg", "scan.tif", "old.bmp", "single.png"])
+        [*gray, "rgb.png", "deep.png", "photo.jpg", "scan.tif", "old.bmp", "single.png"]
+    )
     for name, pixels in gray.items():
         mode, size, written = read(out / name)
         assert mode == "L" and size == (pixels.shape[1], pixels.shape[0])
         expected = expected_output(models["unet"], pixels / 255.0)
         assert np.abs(written.astype(int) - expected).max() <= 1, name
     luma = np.asarray(Image.fromarray(rgb).convert("L")) / 255.0
-    assert np.abs(read(out / "rgb.png")[2].astype(int)
-                  - expected_output(models["unet"], luma)).max() <= 1
-    assert np.abs(read(out / "deep.png")[2].astype(int)
-                  - expected_output(models["unet"], deep / 65535.0)).max() <= 1
+    assert (
+        np.abs(read(out / "rgb.png")[2].astype(int) - expected_output(models["unet"], luma)).max()
+        <= 1
+    )
+    mode, _, written = read(out / "deep.png")  # 16 bits in, 16 bits out
+    assert mode == "I;16"
+    assert (
+        np.abs(written.astype(int) - expected_output(models["unet"], deep / 65535.0, 65535)).max()
+        <= 1
+    )
     for name, fmt in (("photo.jpg", "JPEG"), ("scan.tif", "TIFF"), ("old.bmp", "BMP")):
         with Image.open(out / name) as image:
             assert image.format == fmt and image.size == (26, 30) and image.mode == "L"
@@ -124,26 +133,30 @@ def test_bad_files_are_named_and_the_others_still_processed(models, tmp_path):
     whole = io.BytesIO()
     Image.fromarray(random_pixels((40, 40), 2)).save(whole, "PNG")
     (inputs / "truncated.png").write_bytes(whole.getvalue()[:-60])
-    png_with_header_size(inputs / "bomb.png", 30000, 30000)   # over Pillow's bomb limit
-    png_with_header_size(inputs / "huge.png", 5000, 5000)     # over our default limit
+    png_with_header_size(inputs / "bomb.png", 30000, 30000)  # over Pillow's bomb limit
+    png_with_header_size(inputs / "huge.png", 5000, 5000)  # over our default limit
     (tmp_path / "notes.txt").write_text("hello")
     out = tmp_path / "out"
-    result = denoise(models["unet"], inputs, tmp_path / "notes.txt", tmp_path / "missing.png",
-                     "--out", out)
+    result = denoise(
+        models["unet"], inputs, tmp_path / "notes.txt", tmp_path / "missing.png", "--out", out
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
 
     def reason(name):
-        found = [line for line in lines if line.startswith("denoise-dist: skipped")
-                 and line.split(":")[1].strip().endswith(name)]
+        found = [
+            line
+            for line in lines
+            if line.startswith("denoise-dist: skipped")
+            and line.split(":")[1].strip().endswith(name)
+        ]
         assert len(found) == 1, (name, result.stderr)
         return found[0]
 
     assert "not a readable image" in reason("corrupt.png")
     assert "truncated" in reason("truncated.png")
-    assert "900000000 pixels" in reason("bomb.png") and "decompression bomb" in reason(
-        "bomb.png")
+    assert "900000000 pixels" in reason("bomb.png") and "decompression bomb" in reason("bomb.png")
     assert "5000x5000 = 25000000 pixels is over the limit" in reason("huge.png")
     assert "not a PNG, JPEG, TIFF or BMP" in reason("notes.txt")
     assert "no such file or folder" in reason("missing.png")
@@ -173,8 +186,9 @@ def test_seed_ae_resizes_to_28_and_back_and_says_so(models, tmp_path):
     assert "resized to 28x28" in result.stdout
     assert read(out / "odd.png")[1] == (45, 31)
     written = read(out / "square.png")[2]  # 28x28 is not resized: exactly the model's output
-    assert np.abs(written.astype(int) - expected_output(models["seed_ae"], square / 255.)
-                  ).max() <= 1
+    assert (
+        np.abs(written.astype(int) - expected_output(models["seed_ae"], square / 255.0)).max() <= 1
+    )
 
 
 def test_output_folder_that_would_overwrite_inputs_is_refused(models, tmp_path):
@@ -197,8 +211,41 @@ def test_two_inputs_with_one_name_do_not_overwrite_each_other(models, tmp_path):
     result = denoise(models["unet"], first, second, "--out", out)
     assert result.returncode == 1
     assert f"skipped {second}: same name as {first}" in result.stderr
-    assert np.abs(read(out / "x.png")[2].astype(int)
-                  - expected_output(models["unet"], read(first)[2] / 255.)).max() <= 1
+    assert (
+        np.abs(
+            read(out / "x.png")[2].astype(int)
+            - expected_output(models["unet"], read(first)[2] / 255.0)
+        ).max()
+        <= 1
+    )
+
+
+def test_a_large_photograph_is_denoised_in_tiles_exactly(models, tmp_path):
+    photo = skimage_data() / "camera.png"  # 512 x 512, a real photograph
+    whole = denoise(models["unet"], photo, "--out", tmp_path / "whole", "--tile-size", 512)
+    tiled = denoise(models["unet"], photo, "--out", tmp_path / "tiled", "--tile-size", 96)
+    assert whole.returncode == 0 and tiled.returncode == 0, tiled.stderr
+    a, b = read(tmp_path / "whole" / "camera.png")[2], read(tmp_path / "tiled" / "camera.png")[2]
+    assert a.shape == (512, 512)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float rounding at most
+    assert np.mean(a != b) < 0.001
+
+
+def test_sixteen_bit_tiff_stays_sixteen_bit_and_folders_recurse(models, tmp_path):
+    with Image.open(skimage_data() / "moon.png") as moon:  # a real 8-bit photograph ...
+        deep = np.asarray(moon, dtype=np.uint16) * 257  # ... spread over 16 bits
+    inputs = tmp_path / "in"
+    save(inputs / "sub" / "moon.tif", deep)
+    save(inputs / "top.png", random_pixels((28, 28), 1))
+    flat = denoise(models["unet"], inputs, "--out", tmp_path / "flat")
+    assert flat.returncode == 0 and "denoised 1 image " in flat.stdout  # not recursive
+    out = tmp_path / "out"
+    result = denoise(models["unet"], inputs, "--out", out, "--recursive")
+    assert result.returncode == 0, result.stderr
+    assert (out / "top.png").is_file()
+    mode, size, written = read(out / "sub" / "moon.tif")  # the layout is kept
+    assert mode == "I;16" and size == (512, 512) and written.dtype == np.uint16
+    assert len(np.unique(written)) > 256  # really 16-bit values, not 8 bits scaled up
 
 
 class WritesAFile:

@@ -17,21 +17,31 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, require, tiny_args
+from tests.helpers import REPO, require, tiny_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 SLURM_TOOLS = REPO.parent / "shared" / "tools" / "slurm-local"
 SLURM_DIR = Path(os.environ.get("SLURM_LOCAL_DIR", "/tmp/slurm-local"))
 TEMPLATES = ["train_cpu", "train_gpu", "train_multinode", "sweep_array"]
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
-         "BOOT_FAIL", "DEADLINE", "PREEMPTED"}
+ENDED = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+}
 STEPS = 200  # long enough to be signalled mid-training (the first log line is step 5)
 # The rig has no GPUs: the GPU templates run one gloo process per node on its CPUs.
 NO_GPU = {"DENOISE_DIST_NPROC": "1", "ACCELERATE_USE_CPU": "true"}
 
 
 # --- the cluster ------------------------------------------------------------------------
+
 
 def slurm(*cmd: str, check: bool = True) -> str:
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
@@ -41,8 +51,9 @@ def slurm(*cmd: str, check: bool = True) -> str:
 
 
 def usable_nodes() -> int:
-    result = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        ["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True, timeout=60
+    )
     states = [line.split()[1] for line in result.stdout.splitlines() if line.strip()]
     return sum(s in ("idle", "mix", "alloc", "comp") for s in states)  # "idle*": no answer
 
@@ -56,10 +67,17 @@ def cluster():
         os.environ["SLURM_CONF"] = str(conf)
     started = False
     if usable_nodes() < 2:
-        start = subprocess.run([str(SLURM_TOOLS / "start.sh")], capture_output=True, text=True,
-                               timeout=300, env={**os.environ, "SLURM_LOCAL_NODES": "2"})
-        require(start.returncode == 0, f"slurm-local could not start a 2-node cluster: "
-                                       f"{(start.stdout + start.stderr)[-600:]}")
+        start = subprocess.run(
+            [str(SLURM_TOOLS / "start.sh")],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "SLURM_LOCAL_NODES": "2"},
+        )
+        require(
+            start.returncode == 0,
+            f"slurm-local could not start a 2-node cluster: {(start.stdout + start.stderr)[-600:]}",
+        )
         os.environ.setdefault("SLURM_CONF", str(conf))
         started = True
     require(usable_nodes() >= 2, "the SLURM cluster has fewer than 2 usable nodes")
@@ -70,19 +88,33 @@ def cluster():
 
 # --- jobs -------------------------------------------------------------------------------
 
+
 def job_args(*extra: str) -> list[str]:
     """tiny_args without --output-dir: the templates take it from $DENOISE_DIST_OUTPUT."""
-    args = tiny_args(Path("unused"), "--max-steps", str(STEPS), "--eval-every", "100",
-                     "--checkpoint-every", "100", *extra)
+    args = tiny_args(
+        Path("unused"),
+        "--max-steps",
+        str(STEPS),
+        "--eval-every",
+        "100",
+        "--checkpoint-every",
+        "100",
+        *extra,
+    )
     at = args.index("--output-dir")
-    return args[:at] + args[at + 2:]
+    return args[:at] + args[at + 2 :]
 
 
-def submit(template: str, run_dir: Path, *args: str, sbatch: tuple = (),
-           env: dict | None = None) -> str:
+def submit(
+    template: str, run_dir: Path, *args: str, sbatch: tuple = (), env: dict | None = None
+) -> str:
     """sbatch a template from the repository root, as the README says; returns the job id."""
-    job_env = {**os.environ, "DENOISE_DIST_PYTHON": sys.executable,
-               "DENOISE_DIST_OUTPUT": str(run_dir), **(env or {})}
+    job_env = {
+        **os.environ,
+        "DENOISE_DIST_PYTHON": sys.executable,
+        "DENOISE_DIST_OUTPUT": str(run_dir),
+        **(env or {}),
+    }
     job_env = {k: v for k, v in job_env.items() if v is not None}
     logs = run_dir.parent / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -91,9 +123,21 @@ def submit(template: str, run_dir: Path, *args: str, sbatch: tuple = (),
     if template in ("train_gpu", "train_multinode"):
         resources.append("--gpus-per-node=0")
     result = subprocess.run(
-        ["sbatch", "--parsable", f"--output={logs}/%j.out", *resources, *sbatch,
-         f"slurm/{template}.sbatch", *args],
-        cwd=REPO, env=job_env, capture_output=True, text=True, timeout=60)
+        [
+            "sbatch",
+            "--parsable",
+            f"--output={logs}/%j.out",
+            *resources,
+            *sbatch,
+            f"slurm/{template}.sbatch",
+            *args,
+        ],
+        cwd=REPO,
+        env=job_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";")[0]
 
@@ -118,8 +162,10 @@ def wait_until_ended(job: str, run_dir: Path, timeout: float = 300) -> dict:
             return records[0]
         time.sleep(1)
     slurm("scancel", job, check=False)
-    raise AssertionError(f"job {job} did not end within {timeout} s: "
-                         f"{job_records(job)}\n{job_log(run_dir, job)[-3000:]}")
+    raise AssertionError(
+        f"job {job} did not end within {timeout} s: "
+        f"{job_records(job)}\n{job_log(run_dir, job)[-3000:]}"
+    )
 
 
 def wait_until_training(run_dir: Path, job: str, timeout: float = 180) -> None:
@@ -151,6 +197,7 @@ def assert_completed(record: dict, run_dir: Path, job: str) -> None:
 
 # --- uninterrupted reference runs, one per template, shared by the tests ----------------
 
+
 @pytest.fixture(scope="module")
 def cpu_reference(cluster, mnist_root, tmp_path_factory):
     run = tmp_path_factory.mktemp("cpu_reference") / "run"
@@ -168,11 +215,19 @@ def multinode_reference(cluster, mnist_root, tmp_path_factory):
 
 # --- tests ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_template_is_ready_to_requeue_and_never_downloads(template):
     text = (REPO / "slurm" / f"{template}.sbatch").read_text()
-    for line in ["#SBATCH --signal=B:USR1@", "#SBATCH --requeue", "#SBATCH --open-mode=append",
-                 "--no-download", '"$@"', "start_training", "finish_training"]:
+    for line in [
+        "#SBATCH --signal=B:USR1@",
+        "#SBATCH --requeue",
+        "#SBATCH --open-mode=append",
+        "--no-download",
+        '"$@"',
+        "start_training",
+        "finish_training",
+    ]:
         assert line in text, line
     assert "API_KEY" not in text and "WANDB_API" not in text
     assert subprocess.run(["bash", "-n", f"slurm/{template}.sbatch"], cwd=REPO).returncode == 0
@@ -182,8 +237,13 @@ def test_cpu_template_completes_and_leaves_the_run_folder(cpu_reference):
     job, run, record = cpu_reference
     assert_completed(record, run, job)
     assert record["Restarts"] == "0"
-    for name in ["config.json", "metrics.jsonl", "summary.json", "figures/samples.png",
-                 f"checkpoints/step_{STEPS:08d}/model.safetensors"]:
+    for name in [
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "figures/samples.png",
+        f"checkpoints/step_{STEPS:08d}/model.safetensors",
+    ]:
         assert (run / name).is_file(), name
     log = job_log(run, job)
     assert f"[denoise-dist job {job} restart 0]" in log and "training finished" in log
@@ -225,23 +285,31 @@ def test_usr1_checkpoints_requeues_and_resumes_exactly(cpu_reference, tmp_path):
     assert f"[denoise-dist job {job} restart 1]" in log  # SLURM_RESTART_COUNT=1
     assert f"resumed from {run}/checkpoints/step_{stopped_at:08d} at step {stopped_at}" in log
     assert_same_weights(run, reference)
-    run_id = json.loads((run / "checkpoints" / f"step_{STEPS:08d}" / "train_state.json")
-                        .read_text())["wandb_run_id"]
+    run_id = json.loads(
+        (run / "checkpoints" / f"step_{STEPS:08d}" / "train_state.json").read_text()
+    )["run_id"]
     starts = sorted(run.glob("wandb/offline-run-*"))  # one per start of the job
     assert len(starts) == 2 and all(p.name.endswith(f"-{run_id}") for p in starts), starts
 
 
-@pytest.mark.parametrize("template, nodes, per_node", [("train_multinode", 2, 1),
-                                                      ("train_gpu", 1, 2)])
-def test_usr1_reaches_the_workers_under_accelerate_launch(multinode_reference, tmp_path,
-                                                          template, nodes, per_node):
+@pytest.mark.parametrize(
+    "template, nodes, per_node", [("train_multinode", 2, 1), ("train_gpu", 1, 2)]
+)
+def test_usr1_reaches_the_workers_under_accelerate_launch(
+    multinode_reference, tmp_path, template, nodes, per_node
+):
     """multinode: batch shell -> srun -> each node's accelerate launch -> its workers.
     gpu: batch shell -> the workers below accelerate launch (in sessions of their own).
     Both are 2 gloo processes, so both must end with the 2-node reference's weights."""
     _, reference, _ = multinode_reference
     run = tmp_path / "run"
-    job = submit(template, run, *job_args(), sbatch=(f"--nodes={nodes}",),
-                 env={**NO_GPU, "DENOISE_DIST_NPROC": str(per_node)})
+    job = submit(
+        template,
+        run,
+        *job_args(),
+        sbatch=(f"--nodes={nodes}",),
+        env={**NO_GPU, "DENOISE_DIST_NPROC": str(per_node)},
+    )
     wait_until_training(run, job)
     log, stopped_at = preempt_and_finish(job, run)
     assert f"[denoise-dist job {job} restart 1]" in log
@@ -250,9 +318,11 @@ def test_usr1_reaches_the_workers_under_accelerate_launch(multinode_reference, t
 
 
 def test_scontrol_requeue_restarts_without_a_second_requeue(cpu_reference, tmp_path):
+    """Submitted with --overwrite, as a user may put it in a job script: the requeued
+    start must resume the job's own progress, never delete it."""
     _, reference, _ = cpu_reference
     run = tmp_path / "run"
-    job = submit("train_cpu", run, *job_args())
+    job = submit("train_cpu", run, *job_args("--overwrite"))
     wait_until_training(run, job)
     slurm("scontrol", "requeue", job)  # Slurm sends SIGTERM and requeues by itself
     record = wait_until_ended(job, run)
@@ -261,7 +331,31 @@ def test_scontrol_requeue_restarts_without_a_second_requeue(cpu_reference, tmp_p
     assert record["Restarts"] == "1"  # the script did not requeue on top of Slurm
     assert "after SIGTERM; not requeueing" in log
     assert f"[denoise-dist job {job} restart 1]" in log and "resumed from" in log
+    assert "a restarted job: resuming" in log
     assert_same_weights(run, reference)
+
+
+@pytest.mark.parametrize("environment, processes", [
+    ({"SLURM_GPUS_ON_NODE": "4"}, "4"),  # --gres=gpu:4 sets only this one
+    ({"SLURM_GPUS_ON_NODE": "2", "SLURM_GPUS_PER_NODE": "2"}, "2"),
+    ({"SLURM_GPUS_PER_NODE": "a100:8"}, "8"),
+    ({"SLURM_GPUS_ON_NODE": "0"}, "1"),
+    ({}, "1"),
+])  # fmt: skip
+def test_gpu_templates_start_one_process_per_gpu_however_gpus_were_asked_for(
+    environment, processes
+):
+    for template in ("train_gpu", "train_multinode"):
+        assert "$(gpus_on_node)" in (REPO / "slurm" / f"{template}.sbatch").read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_GPUS")}
+    result = subprocess.run(
+        ["bash", "-c", "source slurm/common.sh && gpus_on_node"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env={**env, **environment},
+    )
+    assert result.stdout.strip() == processes, result.stderr
 
 
 def test_plain_scancel_ends_the_job_for_good(cluster, mnist_root, tmp_path):
@@ -280,8 +374,13 @@ def test_plain_scancel_ends_the_job_for_good(cluster, mnist_root, tmp_path):
 
 def test_array_template_trains_one_model_per_noise_level(cluster, mnist_root, tmp_path):
     sweep = tmp_path / "sweep"
-    job = submit("sweep_array", sweep, *job_args("--max-steps", "10", "--eval-every", "10"),
-                 sbatch=("--array=0-1",), env={"DENOISE_DIST_SWEEP_VALUES": "0.3 0.6"})
+    job = submit(
+        "sweep_array",
+        sweep,
+        *job_args("--max-steps", "10", "--eval-every", "10"),
+        sbatch=("--array=0-1",),
+        env={"DENOISE_DIST_SWEEP_VALUES": "0.3 0.6"},
+    )
     wait_until_ended(job, sweep)
     records = job_records(job)
     assert sorted(r["ArrayTaskId"] for r in records) == ["0", "1"]

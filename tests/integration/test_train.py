@@ -86,8 +86,11 @@ def test_ema_is_checkpointed_evaluated_and_exported_and_resume_stays_exact(mnist
     meta = json.loads((full / "best_model.json").read_text())
     assert meta["ema"] is True
     exported = load_file(str(full / "best_model.safetensors"))
-    reference = ema if meta["step"] == 20 else load_file(
-        str(full / "checkpoints" / f"step_{meta['step']:08d}" / "ema.safetensors"))
+    reference = (
+        ema
+        if meta["step"] == 20
+        else load_file(str(full / "checkpoints" / f"step_{meta['step']:08d}" / "ema.safetensors"))
+    )
     assert_same_weights(exported, reference)
 
 
@@ -133,9 +136,11 @@ def test_overwrite_in_a_restarted_job_resumes_instead_of_deleting(mnist_root, tm
 
 
 def test_fp32_from_the_command_line_wins_over_the_launchers_bf16(mnist_root, tmp_path):
-    result = launch(["--config_file", str(CONFIGS / "cpu.yaml"), "--mixed_precision", "bf16"],
-                    "denoise_dist.train",
-                    tiny_args(tmp_path / "run", "--max-steps", "2", "--mixed-precision", "fp32"))
+    result = launch(
+        ["--config_file", str(CONFIGS / "cpu.yaml"), "--mixed_precision", "bf16"],
+        "denoise_dist.train",
+        tiny_args(tmp_path / "run", "--max-steps", "2", "--mixed-precision", "fp32"),
+    )
     assert result.returncode == 0, result.stderr
     assert "precision=fp32" in startup_line(result.stdout)
 
@@ -223,8 +228,19 @@ def test_fashion_mnist_by_name_from_gzipped_idx(tmp_path):
     for gz in FASHION.glob("*-ubyte.gz"):
         (raw / gz.name).symlink_to(gz)
     run = tmp_path / "run"
-    result = run_cli("train", *tiny_args(run, "--dataset", "fashion_mnist", "--max-steps", "30",
-                                         "--data-dir", str(tmp_path / "data"), "--no-download"))
+    result = run_cli(
+        "train",
+        *tiny_args(
+            run,
+            "--dataset",
+            "fashion_mnist",
+            "--max-steps",
+            "30",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--no-download",
+        ),
+    )
     assert result.returncode == 0, result.stderr
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val_psnr"] > summary["val_psnr_noisy"] + 3

@@ -9,8 +9,16 @@ from accelerate.commands.launch import _validate_launch_command, launch_command_
 from accelerate.utils import DistributedType
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "accelerate_configs"
-EXPECTED = {"cpu", "cpu_ddp", "single_gpu", "single_gpu_bf16", "multi_gpu", "multi_gpu_fp16",
-            "multi_gpu_bf16", "multi_node"}
+EXPECTED = {
+    "cpu",
+    "cpu_ddp",
+    "single_gpu",
+    "single_gpu_bf16",
+    "multi_gpu",
+    "multi_gpu_fp16",
+    "multi_gpu_bf16",
+    "multi_node",
+}
 GPU_ONLY = sorted(EXPECTED - {"cpu", "cpu_ddp"})
 
 
@@ -21,7 +29,8 @@ def load(name: str) -> ClusterConfig:
 def launch_args(name: str, *flags: str):
     """What `accelerate launch --config_file <name> [flags] train.py` resolves to."""
     args = launch_command_parser().parse_args(
-        ["--config_file", str(CONFIG_DIR / f"{name}.yaml"), *flags, "train.py"])
+        ["--config_file", str(CONFIG_DIR / f"{name}.yaml"), *flags, "train.py"]
+    )
     return _validate_launch_command(args)[0]
 
 
@@ -85,9 +94,23 @@ def test_multi_node_is_a_template_for_the_per_node_launch():
     assert config.distributed_type == DistributedType.MULTI_GPU
     assert config.num_machines >= 2 and config.rdzv_backend == "static"
     assert config.main_process_ip and config.main_process_port
-    args = launch_args("multi_node", "--num_processes", "8", "--num_machines", "4",
-                       "--machine_rank", "3", "--main_process_ip", "10.0.0.1",
-                       "--main_process_port", "12345")
+    args = launch_args(
+        "multi_node",
+        "--num_processes",
+        "8",
+        "--num_machines",
+        "4",
+        "--machine_rank",
+        "3",
+        "--main_process_ip",
+        "10.0.0.1",
+        "--main_process_port",
+        "12345",
+    )
     assert args.multi_gpu  # the per-node flags override the template's values
-    assert (args.num_machines, args.machine_rank, args.main_process_ip,
-            args.main_process_port) == (4, 3, "10.0.0.1", 12345)
+    assert (args.num_machines, args.machine_rank, args.main_process_ip, args.main_process_port) == (
+        4,
+        3,
+        "10.0.0.1",
+        12345,
+    )

@@ -19,8 +19,9 @@ def numpy_blur(images: np.ndarray, width: float) -> np.ndarray:
     x = np.arange(-radius, radius + 1)
     kernel = np.exp(-(x[:, None] ** 2 + x[None, :] ** 2) / (2 * width**2))
     kernel /= kernel.sum()
-    padded = np.pad(images.astype(np.float64), ((0, 0), (0, 0), (radius, radius),
-                                                (radius, radius)), mode="edge")
+    padded = np.pad(
+        images.astype(np.float64), ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="edge"
+    )
     windows = sliding_window_view(padded, kernel.shape, axis=(2, 3))
     return (windows * kernel).sum(axis=(-2, -1))
 
@@ -50,8 +51,7 @@ def test_median_removes_an_isolated_impulse():
 @pytest.mark.parametrize("width", [0.3, 1.0, 2.5])
 def test_blur_matches_a_direct_numpy_convolution(images, width):
     expected = numpy_blur(images.numpy(), width)
-    np.testing.assert_allclose(classical.gaussian_blur(images, width).numpy(), expected,
-                               atol=2e-6)
+    np.testing.assert_allclose(classical.gaussian_blur(images, width).numpy(), expected, atol=2e-6)
 
 
 def test_blur_keeps_flat_images_flat():
@@ -59,13 +59,12 @@ def test_blur_keeps_flat_images_flat():
     torch.testing.assert_close(classical.gaussian_blur(flat, 1.7), flat)
 
 
-@pytest.mark.parametrize("method", [classical.median3x3,
-                                    lambda x: classical.gaussian_blur(x, 1.2)])
+@pytest.mark.parametrize("method", [classical.median3x3, lambda x: classical.gaussian_blur(x, 1.2)])
 def test_results_do_not_depend_on_how_images_are_batched(images, method):
     # Evaluation shards the test set across processes; each image must score the same
     # (up to float rounding: a convolution's summation order may depend on the batch).
     whole = method(images)
-    one_by_one = torch.cat([method(images[i:i + 1]) for i in range(len(images))])
+    one_by_one = torch.cat([method(images[i : i + 1]) for i in range(len(images))])
     torch.testing.assert_close(whole, one_by_one, rtol=0, atol=1e-6)
 
 
@@ -76,8 +75,10 @@ def test_tuned_width_is_the_numpy_argmax_of_mean_psnr():
     clean = (clean - clean.min()) / (clean.max() - clean.min())
     noisy = (clean + 0.3 * torch.randn(clean.shape, generator=gen)).clamp(0, 1)
     widths = (0.3, 0.6, 1.0, 1.5, 2.0, 3.0)
-    scores = [numpy_mean_psnr(numpy_blur(noisy.numpy(), w), clean.numpy().astype(np.float64))
-              for w in widths]
+    scores = [
+        numpy_mean_psnr(numpy_blur(noisy.numpy(), w), clean.numpy().astype(np.float64))
+        for w in widths
+    ]
     best = classical.tune_blur_width(noisy, clean, widths, batch_size=7)
     assert best == widths[int(np.argmax(scores))]
     assert best not in (widths[0], widths[-1])  # a real trade-off, not an edge of the grid

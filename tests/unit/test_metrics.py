@@ -8,7 +8,6 @@ from denoise_dist.metrics import gaussian_window, psnr, ssim
 from tests.conftest import skimage_data
 
 
-
 def test_psnr_known_values():
     clean = torch.zeros(2, 1, 8, 8)
     pred = clean.clone()
@@ -47,6 +46,7 @@ def test_ssim_of_negated_pattern_matches_closed_form():
     import torch.nn.functional as F
 
     from denoise_dist.metrics import gaussian_window
+
     w = gaussian_window().float()
     mu = F.conv2d(x, w)
     var = F.conv2d(x * x, w) - mu**2
@@ -65,8 +65,10 @@ def test_psnr_decreases_with_noise():
 
 def test_separable_ssim_equals_the_direct_2d_window():
     torch.manual_seed(1)
-    x, y = torch.rand(4, 1, 28, 28, dtype=torch.float64), torch.rand(4, 1, 28, 28,
-                                                                     dtype=torch.float64)
+    x, y = (
+        torch.rand(4, 1, 28, 28, dtype=torch.float64),
+        torch.rand(4, 1, 28, 28, dtype=torch.float64),
+    )
     w = gaussian_window().double()
 
     def blur(t):
@@ -75,8 +77,11 @@ def test_separable_ssim_equals_the_direct_2d_window():
     c1, c2 = 0.01**2, 0.03**2
     mx, my = blur(x), blur(y)
     vx, vy, cov = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
-    direct = (((2 * mx * my + c1) * (2 * cov + c2)) /
-              ((mx**2 + my**2 + c1) * (vx + vy + c2))).flatten(1).mean(1)
+    direct = (
+        (((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+        .flatten(1)
+        .mean(1)
+    )
     assert torch.allclose(ssim(x, y), direct, atol=1e-12)
 
 
@@ -95,7 +100,9 @@ def test_psnr_and_ssim_match_scikit_image_on_real_mnist(mnist_root):
     for i in range(len(clean)):
         x, y = noisy[i, 0].double().numpy(), clean[i, 0].double().numpy()
         assert ours_psnr[i].item() == pytest.approx(
-            peak_signal_noise_ratio(y, x, data_range=1.0), abs=1e-4)
-        reference = structural_similarity(y, x, data_range=1.0, gaussian_weights=True,
-                                          sigma=1.5, use_sample_covariance=False)  # fmt: skip
+            peak_signal_noise_ratio(y, x, data_range=1.0), abs=1e-4
+        )
+        reference = structural_similarity(
+            y, x, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
+        )
         assert ours_ssim[i].item() == pytest.approx(reference, abs=1e-4)

@@ -59,8 +59,9 @@ def test_keyed_dropout_masks_depend_on_the_global_row_not_the_batch_split():
     x = torch.rand(8, 1, 28, 28)
     k = key("dropout", 0, 5)
     whole = model(x, Draw(k, torch.arange(8)))
-    halves = torch.cat([model(x[:4], Draw(k, torch.arange(4))),
-                        model(x[4:], Draw(k, torch.arange(4, 8)))])  # fmt: skip
+    halves = torch.cat(
+        [model(x[:4], Draw(k, torch.arange(4))), model(x[4:], Draw(k, torch.arange(4, 8)))]
+    )
     torch.testing.assert_close(halves, whole, rtol=0, atol=1e-6)
     other_step = model(x, Draw(key("dropout", 0, 6), torch.arange(8)))
     assert not torch.allclose(other_step, whole)

@@ -38,8 +38,9 @@ def test_every_noise_is_clamped_to_the_unit_range(name):
 
 
 def test_blind_sigma_varies_per_image_within_range():
-    noisy = add_noise("gaussian_blind", grey(300), draw(300, 3),
-                      {"sigma_min": 0.1, "sigma_max": 0.3})  # fmt: skip
+    noisy = add_noise(
+        "gaussian_blind", grey(300), draw(300, 3), {"sigma_min": 0.1, "sigma_max": 0.3}
+    )
     stds = (noisy - 0.5).flatten(1).std(1)
     assert stds.min() > 0.08 and stds.max() < 0.32 and stds.max() - stds.min() > 0.1
 

@@ -18,8 +18,10 @@ def test_the_simple_launcher_passes_use_cpu_in_the_environment():
 @pytest.mark.parametrize("config, wants_cpu", [("cpu_ddp", True), ("multi_gpu", False)])
 def test_the_multi_process_launchers_config_file_is_read(config, wants_cpu):
     path = str(CONFIGS / f"{config}.yaml")
-    for argv in (["accelerate", "launch", "--config_file", path, "-m", "x"],
-                 ["accelerate", "launch", f"--config-file={path}", "-m", "x"]):  # fmt: skip
+    for argv in (
+        ["accelerate", "launch", "--config_file", path, "-m", "x"],
+        ["accelerate", "launch", f"--config-file={path}", "-m", "x"],
+    ):
         assert runtime.launcher_wants_cpu(LAUNCHED, argv) is wants_cpu
 
 

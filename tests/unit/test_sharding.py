@@ -14,8 +14,11 @@ def test_ranks_split_each_global_batch_without_overlap(world, accum):
     seen = []
     for step in range(shards[0].steps_per_epoch + 2):  # into the second epoch
         whole = train_set.batch(step, torch.arange(batch), shards[0]).flatten()
-        parts = [train_set.batch(step, s.rows(m, "cpu"), s).flatten()
-                 for s in shards for m in range(accum)]  # fmt: skip
+        parts = [
+            train_set.batch(step, s.rows(m, "cpu"), s).flatten()
+            for s in shards
+            for m in range(accum)
+        ]
         assert torch.equal(torch.cat(parts), whole)  # in order, no gaps, no overlap
         if step < shards[0].steps_per_epoch:
             seen += (whole * 255).round().long().tolist()
@@ -49,8 +52,10 @@ def test_eval_shards_cover_every_image_once(n, world):
 
 def pictures():
     gen = torch.Generator().manual_seed(0)
-    return [torch.randint(0, 256, size, generator=gen, dtype=torch.uint8)
-            for size in [(40, 70), (16, 16), (33, 20)]]  # fmt: skip
+    return [
+        torch.randint(0, 256, size, generator=gen, dtype=torch.uint8)
+        for size in [(40, 70), (16, 16), (33, 20)]
+    ]
 
 
 def test_crops_are_exact_windows_of_the_pictures():
@@ -73,8 +78,10 @@ def test_crop_positions_are_uniform_over_all_valid_positions():
     crops = CropTrainSet(pics, patch=16, seed=2, device="cpu")
     sharding = Sharding(crops.num_examples, 7)
     small = pics[1].float() / 255
-    hits = sum(int((crops.batch(s, torch.arange(2000), sharding)[:, 0] == small).all(-1).all(-1)
-                   .sum()) for s in range(10))  # fmt: skip
+    hits = sum(
+        int((crops.batch(s, torch.arange(2000), sharding)[:, 0] == small).all(-1).all(-1).sum())
+        for s in range(10)
+    )
     assert 4 <= hits <= 40  # expected 20000 / 1466 = 13.6
 
 

@@ -40,8 +40,9 @@ def test_total_steps_from_epochs_or_max_steps():
 
 def test_check_finite_names_the_first_bad_step(tmp_path):
     check_finite([0.1, 0.2], last_step=10, run_dir=tmp_path)  # all finite: no error
-    with pytest.raises(TrainingDiverged,
-                       match="loss became nan at step 9; last good checkpoint: none"):  # fmt: skip
+    with pytest.raises(
+        TrainingDiverged, match="loss became nan at step 9; last good checkpoint: none"
+    ):
         check_finite([0.1, float("nan"), float("inf")], last_step=10, run_dir=tmp_path)
 
 
@@ -67,8 +68,11 @@ def test_sweep_trials_get_a_folder_each_and_an_explicit_folder_wins():
 def test_changing_the_length_of_a_cosine_run_is_refused_naming_the_field(tmp_path):
     saved = config(schedule="cosine", max_steps=100)
     check_length(saved, 100, config(schedule="cosine", max_steps=100), 100, tmp_path)
-    with pytest.raises(CheckpointError, match=r"started for 100 steps; --max-steps now asks "
-                                              r"for 200, and its cosine"):  # fmt: skip
+    with pytest.raises(
+        CheckpointError,
+        match=r"started for 100 steps; --max-steps now asks "
+        r"for 200, and its cosine",
+    ):
         check_length(saved, 100, config(schedule="cosine", max_steps=200), 200, tmp_path)
     epochs = config(schedule="cosine", epochs=1.0)
     with pytest.raises(CheckpointError, match="--epochs now asks for 780"):
