@@ -28,33 +28,14 @@ NAME = re.compile(r"^step_(\d{8})$")
 # Fields that may change between a run and its resume without changing what is trained.
 # (max_steps and epochs may change only where the schedule does not depend on the run's
 # length: `check_length`.)
-RESUMABLE_FIELDS = frozenset(
-    {
-        "data_dir",
-        "download",
-        "eval_sigmas",
-        "max_steps",
-        "epochs",
-        "eval_every",
-        "log_every",
-        "output_dir",
-        "resume",
-        "overwrite",
-        "checkpoint_every",
-        "keep_checkpoints",
-        "debug",
-        "cpu",
-        "mixed_precision",
-        "compile",
-        "dist_timeout",
-        "profile",
-        "report_to",
-        "wandb_mode",
-        "wandb_project",
-        "wandb_entity",
-        "run_name",
-    }
-)
+# fmt: off
+RESUMABLE_FIELDS = frozenset({
+    "data_dir", "download", "eval_sigmas", "max_steps", "epochs", "eval_every", "log_every",
+    "output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "debug",
+    "cpu", "mixed_precision", "compile", "deterministic", "dist_timeout", "profile",
+    "report_to", "wandb_mode", "wandb_project", "wandb_entity", "run_name",
+})
+# fmt: on
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:

@@ -120,6 +120,10 @@ class TrainConfig:
         "has passed the gpu test tier on a real GPU.",
         default=False,
     )
+    deterministic: bool = doc(
+        "Deterministic algorithms (cuDNN, cuBLAS): bit-exact resume on a GPU, a little slower.",
+        default=False,
+    )
     cpu: bool = doc("Use the CPU even when a GPU is present.", default=False)
     output_dir: str | None = doc(
         "Run folder. Default: runs/default, or runs/sweep-<id>/<run id> under a W&B sweep agent.",

@@ -211,9 +211,12 @@ def prepare_run_dir(cfg: Config, accelerator, console) -> Path | None:
                 f"{run_dir} already holds a run; use --resume auto to continue it, "
                 f"--overwrite to replace it, or another --output-dir"
             )
-        saved = from_dict(json.loads(saved_config.read_text()))
-        checkpoint.check_compatible(saved, cfg, run_dir)
-        resume_from = checkpoint.latest_valid(run_dir)
+        # A folder whose run stopped before its first checkpoint (bad data, a typo) holds
+        # nothing to resume or lose: start afresh with the corrected command.
+        if checkpoint.list_checkpoints(run_dir):
+            saved = from_dict(json.loads(saved_config.read_text()))
+            checkpoint.check_compatible(saved, cfg, run_dir)
+            resume_from = checkpoint.latest_valid(run_dir)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (run_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -283,6 +286,8 @@ class TrainStep:
         self.ema, self.train_set, self.sharding, self.total = ema, train_set, sharding, total
         device = accelerator.device
         self.rows = [sharding.rows(m, device) for m in range(cfg.optim.grad_accum)]
+        # The plain module under DDP and torch.compile, for the EMA (same parameters).
+        self.module = accelerator.unwrap_model(model, keep_torch_compile=False)
         self.noise_name = cfg.noise.noise
         self.noise_params = noise.params_of(cfg.noise.noise, cfg.noise)
         self.takes_draw = MODELS[cfg.model.model].takes_draw
@@ -314,7 +319,7 @@ class TrainStep:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self.ema.update(accelerator.unwrap_model(model), step)
+            self.ema.update(self.module, step)
         return step_loss, grad_norm.float()
 
 
@@ -355,6 +360,11 @@ def train(cfg: Config) -> dict:
     os.umask(os.umask(0) | 0o002)  # the run folder is never world-writable, whatever the umask
     phases = Phases()
     resolve_output_dir(cfg)
+    if cfg.train.deterministic:
+        # cuBLAS reads this when it starts, so it must be set before the first CUDA call.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
     with phases("accelerator"):
         accelerator = runtime.make_accelerator(
             cfg.train.cpu, cfg.train.mixed_precision, cfg.train.dist_timeout, cfg.train.compile
@@ -392,6 +402,8 @@ def train(cfg: Config) -> dict:
             ema.model.to(device)
         optimizer = make_optimizer(cfg, model, device)
         model, optimizer = accelerator.prepare(model, optimizer)
+        # Evaluated and exported without DDP or torch.compile (eval shapes differ).
+        module = accelerator.unwrap_model(model, keep_torch_compile=False)
 
     state = RunState()
     if resume_from is not None:
@@ -471,7 +483,7 @@ def train(cfg: Config) -> dict:
 
     def scored_model():
         """What is evaluated and exported: the EMA weights when there are any."""
-        return ema.model if ema is not None else accelerator.unwrap_model(model)
+        return ema.model if ema is not None else module
 
     def save(step: int) -> None:
         state.step = step

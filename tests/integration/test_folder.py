@@ -130,7 +130,7 @@ def test_bad_folders_are_one_line_errors(tmp_path):
         (unreadable, ["--val-size", "1"], "no readable training image"),
         (empty, ["--model", "seed_ae"], "seed_ae takes 28x28 images only"),
     ]
-    for folder, extra, message in cases:
+    for folder, extra, message in cases:  # one run folder: a failed start leaves no checkpoint
         result = run_cli(
             "train",
             "--dataset",
