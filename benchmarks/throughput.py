@@ -54,9 +54,15 @@ def dataloader_pipeline(args) -> float:
     device = torch.device(args.device)
     root = data.resolve_data_root(args.data_dir)
     dataset = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                        num_workers=args.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=args.workers > 0)  # fmt: skip
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+    )
     torch.manual_seed(0)
     model = build_model(args.model, **model_kwargs(args.model, ModelConfig())).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
@@ -89,16 +95,32 @@ def ours(args, variant: str) -> float:
     """`denoise-dist train` in a child process; steady-state images/s from metrics.jsonl."""
     log_every = max(1, args.steps // 10)
     with tempfile.TemporaryDirectory() as run_dir:
-        flags = ["--model", args.model, "--batch-size", str(args.batch_size),
-                 "--max-steps", str(args.steps), "--log-every", str(log_every),
-                 "--eval-every", str(args.steps), "--checkpoint-every", str(args.steps),
-                 "--val-size", "500", "--output-dir", run_dir, *VARIANT_FLAGS[variant]]  # fmt: skip
+        flags = [
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--max-steps",
+            str(args.steps),
+            "--log-every",
+            str(log_every),
+            "--eval-every",
+            str(args.steps),
+            "--checkpoint-every",
+            str(args.steps),
+            "--val-size",
+            "500",
+            "--output-dir",
+            run_dir,
+            *VARIANT_FLAGS[variant],
+        ]
         if args.device == "cpu":
             flags.append("--cpu")
         if args.data_dir:
             flags += ["--data-dir", args.data_dir]
-        result = subprocess.run([sys.executable, "-m", "denoise_dist", "train", *flags],
-                                capture_output=True, text=True)  # fmt: skip
+        result = subprocess.run(
+            [sys.executable, "-m", "denoise_dist", "train", *flags], capture_output=True, text=True
+        )
         if result.returncode != 0:
             raise RuntimeError(f"ours-{variant} failed: {result.stderr.strip()[-2000:]}")
         records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
@@ -111,9 +133,22 @@ def measure(args, pipeline: str) -> tuple[float, float]:
     """(images/s, wall seconds of the whole process) of one pipeline, in a fresh process."""
     start = time.perf_counter()
     if pipeline.startswith("dataloader-"):
-        cmd = [sys.executable, __file__, "--role", "dataloader", "--workers",
-               pipeline.split("-")[1], "--model", args.model, "--batch-size",
-               str(args.batch_size), "--steps", str(args.steps), "--device", args.device]  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--role",
+            "dataloader",
+            "--workers",
+            pipeline.split("-")[1],
+            "--model",
+            args.model,
+            "--batch-size",
+            str(args.batch_size),
+            "--steps",
+            str(args.steps),
+            "--device",
+            args.device,
+        ]
         if args.data_dir:
             cmd += ["--data-dir", args.data_dir]
         result = subprocess.run(cmd, capture_output=True, text=True)
@@ -132,8 +167,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--workers", type=int, nargs="+", default=[0],
-                        help="DataLoader workers of the reference pipelines")  # fmt: skip
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="DataLoader workers of the reference pipelines",
+    )
     parser.add_argument("--variants", nargs="+", default=["eager"], choices=list(VARIANT_FLAGS))
     parser.add_argument("--data-dir")
     parser.add_argument("--json", help="also write the figures here")
@@ -154,9 +194,12 @@ def main() -> None:
                 results[pipeline].append(measure(args, pipeline))
             except RuntimeError as e:
                 print(f"round {round_index + 1}: {e}", file=sys.stderr)
-            print(f"round {round_index + 1} {pipeline}: "
-                  f"{results[pipeline][-1][0] if results[pipeline] else float('nan'):.0f} "
-                  "images/s", flush=True)  # fmt: skip
+            print(
+                f"round {round_index + 1} {pipeline}: "
+                f"{results[pipeline][-1][0] if results[pipeline] else float('nan'):.0f} "
+                "images/s",
+                flush=True,
+            )
 
     medians = {p: statistics.median(r[0] for r in runs) for p, runs in results.items() if runs}
     base = medians.get(pipelines[0])
@@ -165,8 +208,10 @@ def main() -> None:
         import torch
 
         device = torch.cuda.get_device_name(0)
-    print(f"\nmodel={args.model} batch={args.batch_size} steps={args.steps} rounds={args.rounds} "
-          f"device={device} cpus={os.cpu_count()}")  # fmt: skip
+    print(
+        f"\nmodel={args.model} batch={args.batch_size} steps={args.steps} rounds={args.rounds} "
+        f"device={device} cpus={os.cpu_count()}"
+    )
     print(f"{'pipeline':<20}{'images/s':>10}{'vs ' + pipelines[0]:>20}{'wall s':>9}   rounds")
     for pipeline, runs in results.items():
         if not runs:
@@ -177,10 +222,19 @@ def main() -> None:
         each = " ".join(f"{r[0]:.0f}" for r in runs)
         print(f"{pipeline:<20}{medians[pipeline]:>10.0f}{ratio:>20}{wall:>9.1f}   {each}")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "model": args.model, "batch_size": args.batch_size, "steps": args.steps,
-            "device": device, "rounds": {p: r for p, r in results.items()},
-            "median_images_per_s": medians}, indent=2))  # fmt: skip
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "batch_size": args.batch_size,
+                    "steps": args.steps,
+                    "device": device,
+                    "rounds": {p: r for p, r in results.items()},
+                    "median_images_per_s": medians,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":
