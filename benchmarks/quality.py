@@ -1,18 +1,17 @@
-"""Test PSNR of every model x sigma against classical denoisers, with training wall time.
+"""Test PSNR and SSIM of a recipe's models, per sigma and blind, with their training time.
 
-    python benchmarks/quality.py [--steps 3000 | --minutes 20] [--models seed_ae conv_ae unet]
-        [--per-sigma-models unet] [--sigmas 0.1 ... 0.7] [--out runs/quality] [-- TRAIN FLAGS]
+    python benchmarks/quality.py --recipe cpu-10min [--sigmas 0.1 0.2 ... 0.7]
+        [--per-sigma] [--blind] [--out runs/quality] [-- MORE TRAIN FLAGS]
 
-For each model in --models: one blind model (gaussian_blind over [min sigma, max sigma]),
-evaluated at every sigma. For each model in --per-sigma-models: one model per sigma, each
-evaluated at its own sigma. Every run is a real `denoise-dist train` followed by
-`denoise-dist evaluate` on the fixed-seed noisy test set (all 10,000 images unless
---max-images). --minutes converts a wall-time budget per training into steps with a short
-probe run of each model. Finished runs and evaluations in --out are reused, so an
-interrupted benchmark picks up where it stopped.
+--per-sigma trains one model per sigma (Gaussian noise at that sigma) and scores it at
+its own sigma; --blind trains one model on sigma drawn per image over [min, max] of
+--sigmas and scores it at every sigma. Both use the same recipe, so the same budget.
+Every run is a real `denoise-dist train` followed by `denoise-dist evaluate` on all
+10,000 MNIST test images with their fixed-seed noise. Finished runs and evaluations in
+--out are reused, so an interrupted benchmark picks up where it stopped.
 
-Prints a markdown table (for the README) and the issue's quality goals as measured, and
-writes the numbers to <out>/quality.json. Figures are printed, never asserted.
+Prints a markdown table (PSNR / SSIM, for the README) and the quality goals as measured,
+and writes the numbers to <out>/quality.json. Figures are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -22,14 +21,13 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_SIGMAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+SIGMAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 BASELINES = ("median3x3", "gaussian_blur", "identity")
-PROBE_STEPS = 30
-GOAL_SIGMA, GOAL_MARGIN_DB, BLIND_GAP_DB = 0.5, 6.0, 0.5
+GOALS_DB = {"cpu-10min": 21.5, "gpu-5min": 22.0}  # at sigma 0.5, per recipe
+GOAL_SIGMA, BLIND_GAP_DB = 0.5, 0.3
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -41,62 +39,15 @@ def cli(*args: str) -> subprocess.CompletedProcess:
     return result
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def train_flags(args, model: str, steps: int) -> list[str]:
-    flags = [
-        "--model",
-        model,
-        "--max-steps",
-        str(steps),
-        "--batch-size",
-        str(args.batch_size),
-        "--val-size",
-        str(args.val_size),
-    ]
-    if model != "seed_ae":
-        flags += ["--width", str(args.width)]
+def train(args, run_dir: Path, noise_flags: list[str]) -> dict:
+    """Train (or reuse a finished run); returns its summary with the wall time of this call."""
+    start = time.perf_counter()
+    flags = ["--recipe", args.recipe, *noise_flags, "--output-dir", str(run_dir)]
     if args.data_dir:
         flags += ["--data-dir", args.data_dir]
-    return flags + args.train_flags
-
-
-def seconds_per_step(args, model: str) -> float:
-    """Training seconds per step, from a short run (its first log window is warm-up)."""
-    with tempfile.TemporaryDirectory() as run_dir:
-        cli(
-            "train",
-            *train_flags(args, model, PROBE_STEPS),
-            "--output-dir",
-            run_dir,
-            "--log-every",
-            "10",
-            "--eval-every",
-            str(PROBE_STEPS),
-            "--checkpoint-every",
-            str(PROBE_STEPS),
-        )
-        timed = [
-            (r["step"], r["train_time_s"])
-            for r in read_metrics(Path(run_dir))
-            if "train_time_s" in r
-        ]
-    (first_step, first_time), (last_step, last_time) = timed[0], timed[-1]
-    return (last_time - first_time) / (last_step - first_step)
-
-
-def train(args, run_dir: Path, model: str, steps: int, noise_flags: list[str]) -> dict:
-    """Train (or resume / reuse a finished run) and return its training facts."""
-    start = time.perf_counter()
-    cli("train", *train_flags(args, model, steps), *noise_flags, "--output-dir", str(run_dir))
-    timed = [r["train_time_s"] for r in read_metrics(run_dir) if "train_time_s" in r]
-    return {
-        "steps": steps,
-        "train_time_s": timed[-1],
-        "wall_s_this_call": time.perf_counter() - start,
-    }
+    cli("train", *flags, *args.train_flags)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {**summary, "wall_s_this_call": time.perf_counter() - start}
 
 
 def evaluate(args, run_dir: Path, sigmas) -> dict:
@@ -105,115 +56,88 @@ def evaluate(args, run_dir: Path, sigmas) -> dict:
     cached = out / "eval.json"
     if cached.exists():
         report = json.loads(cached.read_text())
-        if [r["sigma"] for r in report["results"]] == wanted and (
-            args.max_images is None or report["num_images"] == args.max_images
-        ):
+        if [r["sigma"] for r in report["results"]] == wanted:
             return report
     flags = ["--noise", "gaussian", "--sigmas", *map(str, wanted), "--out", str(out)]
-    if args.max_images:
-        flags += ["--max-images", str(args.max_images)]
     if args.data_dir:
         flags += ["--data-dir", args.data_dir]
     cli("evaluate", str(run_dir), *flags)
     return json.loads(cached.read_text())
 
 
+def cell(result: dict) -> str:
+    return f"{result['psnr']:.2f} / {result['ssim']:.3f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=3000, help="training steps per model")
-    budget.add_argument(
-        "--minutes", type=float, help="training wall time per model (converted to steps by a probe)"
-    )
-    parser.add_argument(
-        "--models",
-        nargs="*",
-        default=["seed_ae", "conv_ae", "unet"],
-        help="models trained blind over the sigma range",
-    )
-    parser.add_argument(
-        "--per-sigma-models", nargs="*", default=["unet"], help="models also trained once per sigma"
-    )
-    parser.add_argument("--sigmas", type=float, nargs="+", default=list(DEFAULT_SIGMAS))
-    parser.add_argument("--width", type=int, default=32)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--val-size", type=int, default=5000)
-    parser.add_argument("--max-images", type=int, help="test images (default: all 10,000)")
+    parser.add_argument("--recipe", required=True)
+    parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))
+    parser.add_argument("--per-sigma", action="store_true")
+    parser.add_argument("--blind", action="store_true")
     parser.add_argument("--data-dir")
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("train_flags", nargs="*", help="after --: more `train` flags")
     args = parser.parse_args()
-    out = Path(args.out)
+    if not (args.per_sigma or args.blind):
+        parser.error("choose --per-sigma, --blind or both")
+    out = Path(args.out) / args.recipe
     sigmas = sorted(args.sigmas)
-    models = list(dict.fromkeys([*args.models, *args.per_sigma_models]))
 
-    steps = {}
-    for model in models:
-        if args.minutes:
-            per_step = seconds_per_step(args, model)
-            steps[model] = max(1, int(args.minutes * 60 / per_step))
-            print(
-                f"{model}: {per_step:.3f} s/step -> {steps[model]} steps in {args.minutes:g} min",
-                flush=True,
-            )
-        else:
-            steps[model] = args.steps
-
-    rows, baselines = {}, {}
-    blind_noise = [
-        "--noise",
-        "gaussian_blind",
-        "--sigma-min",
-        str(sigmas[0]),
-        "--sigma-max",
-        str(sigmas[-1]),
-    ]
-    for model in args.models:
-        run_dir = out / f"{model}-blind"
-        print(f"training {run_dir} ({steps[model]} steps)", flush=True)
-        facts = train(args, run_dir, model, steps[model], blind_noise)
+    rows: dict[str, dict] = {}
+    baselines: dict[str, dict] = {}
+    if args.blind:
+        run_dir = out / "blind"
+        print(f"training {run_dir}", flush=True)
+        summary = train(
+            args,
+            run_dir,
+            [
+                "--noise",
+                "gaussian_blind",
+                "--sigma-min",
+                str(sigmas[0]),
+                "--sigma-max",
+                str(sigmas[-1]),
+            ],
+        )
         report = evaluate(args, run_dir, sigmas)
-        rows[f"{model} (blind)"] = {
-            **facts,
-            "psnr": {r["sigma"]: r["model"]["psnr"] for r in report["results"]},
-        }
-        for r in report["results"]:
-            for name in BASELINES:
-                baselines.setdefault(name, {})[r["sigma"]] = r[name]["psnr"]
-    for model in args.per_sigma_models:
-        psnr, times = {}, []
+        rows["blind"] = {"summary": summary, "results": {r["sigma"]: r for r in report["results"]}}
+    if args.per_sigma:
+        results, summaries = {}, []
         for sigma in sigmas:
-            run_dir = out / f"{model}-sigma{sigma:g}"
-            print(f"training {run_dir} ({steps[model]} steps)", flush=True)
-            facts = train(
-                args, run_dir, model, steps[model], ["--noise", "gaussian", "--sigma", str(sigma)]
-            )
-            report = evaluate(args, run_dir, [sigma])
-            psnr[sigma] = report["results"][0]["model"]["psnr"]
-            times.append(facts["train_time_s"])
+            run_dir = out / f"sigma{sigma:g}"
+            print(f"training {run_dir}", flush=True)
+            summaries.append(train(args, run_dir, ["--noise", "gaussian", "--sigma", str(sigma)]))
+            results[sigma] = evaluate(args, run_dir, [sigma])["results"][0]
+        rows["per sigma"] = {"summary": summaries[-1], "summaries": summaries, "results": results}
+    for row in rows.values():
+        for sigma, result in row["results"].items():
             for name in BASELINES:
-                baselines.setdefault(name, {})[sigma] = report["results"][0][name]["psnr"]
-        rows[f"{model} (per sigma)"] = {
-            "steps": steps[model],
-            "psnr": psnr,
-            "train_time_s": sum(times) / len(times),
-        }
+                baselines.setdefault(name, {})[sigma] = result[name]
 
-    num_images = report["num_images"]
-    print_table(rows, baselines, sigmas, num_images)
-    print_goals(rows, baselines, sigmas)
-    print_psnr_vs_time(sorted(p for p in out.iterdir() if (p / "metrics.jsonl").exists()))
-    out.mkdir(parents=True, exist_ok=True)
+    summary = next(iter(rows.values()))["summary"]
+    print(
+        f"\nTest PSNR (dB) / SSIM on the 10,000 MNIST test images, Gaussian noise, recipe "
+        f"{args.recipe} ({summary['step']} steps, {summary['precision']}, "
+        f"{summary['device']}, {os.cpu_count()} CPUs)\n"
+    )
+    print("| model | " + " | ".join(f"σ={s:g}" for s in sigmas) + " | train time |")
+    print("|---|" + "--:|" * (len(sigmas) + 1))
+    for name, row in rows.items():
+        cells = [cell(row["results"][s]["model"]) if s in row["results"] else "" for s in sigmas]
+        timed = row.get("summaries", [row["summary"]])
+        minutes = sum(s["timings_s"]["training"] for s in timed) / len(timed) / 60
+        each = " each" if name == "per sigma" else ""
+        print(f"| unet ({name}) | " + " | ".join(cells) + f" | {minutes:.1f} min{each} |")
+    for name, by_sigma in baselines.items():
+        print(f"| {name} | " + " | ".join(cell(by_sigma[s]) for s in sigmas) + " | - |")
+    print_goals(args.recipe, rows, sigmas)
     (out / "quality.json").write_text(
         json.dumps(
-            {
-                "rows": rows,
-                "baselines": baselines,
-                "num_images": num_images,
-                "cpus": os.cpu_count(),
-                "argv": sys.argv[1:],
-            },
+            {"recipe": args.recipe, "rows": rows, "baselines": baselines, "argv": sys.argv[1:]},
             indent=2,
+            default=str,
         )
     )
     print(
@@ -222,67 +146,36 @@ def main() -> None:
     )
 
 
-def duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
-
-
-def print_table(rows: dict, baselines: dict, sigmas, num_images: int) -> None:
-    print(
-        f"\nTest PSNR (dB) on {num_images} MNIST test images, Gaussian noise "
-        f"(fixed-seed noisy set); training time on {os.cpu_count()} CPUs\n"
-    )
-    header = ["model", *[f"σ={s:g}" for s in sigmas], "steps", "train time"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "|".join(["---"] + ["--:"] * (len(header) - 1)) + "|")
-    for name, row in rows.items():
-        cells = [f"{row['psnr'][s]:.2f}" for s in sigmas]
-        each = " each" if "per sigma" in name else ""
-        print(
-            f"| {name} | "
-            + " | ".join(cells)
-            + f" | {row['steps']} | {duration(row['train_time_s'])}{each} |"
-        )
-    for name, psnr in baselines.items():
-        print(f"| {name} | " + " | ".join(f"{psnr[s]:.2f}" for s in sigmas) + " | - | - |")
-
-
-def print_psnr_vs_time(run_dirs: list[Path]) -> None:
-    """Validation PSNR at each evaluation against training time, per run."""
-    print("\nValidation PSNR (dB) against training time (evaluation time excluded)")
-    for run_dir in run_dirs:
-        records = read_metrics(run_dir)
-        time_at = {r["step"]: r["train_time_s"] for r in records if "train_time_s" in r}
-        points = [
-            f"{duration(time_at[r['step']])}: {r['val_psnr']:.2f}"
-            for r in records
-            if "val_psnr" in r and r["step"] in time_at
-        ]
-        print(f"  {run_dir.name:<22} " + ", ".join(points))
-
-
-def print_goals(rows: dict, baselines: dict, sigmas) -> None:
+def print_goals(recipe: str, rows: dict, sigmas) -> None:
     print()
-    if GOAL_SIGMA in sigmas:
-        best_name = max(rows, key=lambda n: rows[n]["psnr"][GOAL_SIGMA])
-        margin = rows[best_name]["psnr"][GOAL_SIGMA] - baselines["median3x3"][GOAL_SIGMA]
-        verdict = "met" if margin >= GOAL_MARGIN_DB else "NOT met"
+    goal = GOALS_DB.get(recipe)
+    for name, row in rows.items():
+        result = row["results"].get(GOAL_SIGMA)
+        if goal is None or result is None:
+            continue
+        timed = row.get("summaries", [row["summary"]])
+        worst = max(s["timings_s"]["training"] for s in timed) / 60
+        verdict = "met" if result["model"]["psnr"] >= goal else "NOT met"
         print(
-            f"goal 1: best model at sigma {GOAL_SIGMA:g} is {best_name}, {margin:+.2f} dB "
-            f"over the 3x3 median (target >= {GOAL_MARGIN_DB:g} dB): {verdict}"
+            f"goal: {recipe} ({name}) at sigma {GOAL_SIGMA:g}: {result['model']['psnr']:.2f} dB,"
+            f" SSIM {result['model']['ssim']:.3f}, after {worst:.1f} min of training "
+            f"(target >= {goal:g} dB): {verdict}"
         )
-    for name in rows:
-        if not name.endswith("(per sigma)"):
-            continue
-        blind = rows.get(name.replace("(per sigma)", "(blind)"))
-        if blind is None:
-            continue
-        gaps = {s: rows[name]["psnr"][s] - blind["psnr"][s] for s in sigmas}
-        worst = max(gaps, key=gaps.get)
+    if "blind" in rows and "per sigma" in rows:
+        gaps = {
+            s: rows["per sigma"]["results"][s]["model"]["psnr"]
+            - rows["blind"]["results"][s]["model"]["psnr"]
+            for s in sigmas
+        }
+        worst = max(gaps, key=lambda s: gaps[s])
         verdict = "met" if gaps[worst] <= BLIND_GAP_DB else "NOT met"
         print(
-            f"goal 2: {name.split()[0]} blind model is at most {gaps[worst]:.2f} dB below "
-            f"the per-sigma models (worst at sigma {worst:g}; target <= {BLIND_GAP_DB:g} dB)"
-            f": {verdict}"
+            "blind minus per-sigma PSNR: "
+            + ", ".join(f"σ={s:g} {-g:+.2f}" for s, g in gaps.items())
+        )
+        print(
+            f"goal: blind within {BLIND_GAP_DB:g} dB of per-sigma at every sigma: worst "
+            f"{gaps[worst]:.2f} dB below at sigma {worst:g}: {verdict}"
         )
 
 

@@ -33,7 +33,7 @@ RESUMABLE_FIELDS = frozenset({
     "data_dir", "download", "eval_sigmas", "max_steps", "epochs", "eval_every", "log_every",
     "output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "debug",
     "cpu", "mixed_precision", "compile", "deterministic", "dist_timeout", "profile",
-    "report_to", "wandb_mode", "wandb_project", "wandb_entity", "run_name",
+    "report_to", "wandb_mode", "wandb_project", "wandb_entity", "run_name", "recipe",
 })
 # fmt: on
 

@@ -22,6 +22,7 @@ from denoise_dist.data import DATASETS, FOLDER
 from denoise_dist.errors import ConfigError
 from denoise_dist.models import MODELS
 from denoise_dist.noise import NOISES
+from denoise_dist.recipes import RECIPES
 from denoise_dist.trackers import SINKS
 
 SCHEDULES = ("constant", "cosine")
@@ -103,6 +104,12 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
+    recipe: str | None = doc(
+        "A named preset applied before the YAML file and flags: "
+        + "; ".join(f"{name}: {r.summary}" for name, r in RECIPES.items())
+        + ".",
+        default=None,
+    )
     batch_size: int = doc("Global batch per optimizer step, split across processes.", default=128)
     max_steps: int | None = doc("Optimizer steps to train; overrides --epochs.", default=None)
     epochs: float = doc("Epochs to train when --max-steps is not set.", default=1.0)
@@ -305,6 +312,8 @@ def validate(cfg: Config) -> Config:
     _choice("schedule", o.schedule, SCHEDULES)
     _choice("mixed_precision", t.mixed_precision, PRECISIONS)
     _choice("wandb_mode", k.wandb_mode, WANDB_MODES)
+    if t.recipe is not None:
+        _choice("recipe", t.recipe, RECIPES)
     k.report_to = trackers(k.report_to)
     checks = [
         (d.val_size is None or d.val_size >= 1, "val_size must be at least 1"),
@@ -378,10 +387,17 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    cfg = Config()
-    if getattr(args, "config", None):
-        overlay(cfg, load_yaml(args.config), args.config)
+    """Defaults, then the recipe (named by a flag or the YAML file), then the YAML file,
+    then the flags."""
+    path = getattr(args, "config", None)
+    file_values = load_yaml(path) if path else {}
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
+    recipe = flags.get("recipe") or overlay(Config(), file_values, str(path)).train.recipe
+    cfg = Config()
+    if recipe is not None:
+        _choice("recipe", recipe, RECIPES)
+        overlay(cfg, RECIPES[recipe].values, f"recipe {recipe}")
+    overlay(cfg, file_values, str(path))
     overlay(cfg, flags, "command line")
     return validate(cfg)
 

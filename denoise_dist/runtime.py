@@ -135,6 +135,14 @@ def process_state(cpu: bool):
     return state
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where oneDNN runs bf16 in hardware (AVX512-BF16 or AMX), not by emulation."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def precision_in_effect(accelerator) -> str:
     """What autocast really computes in: fp16 asked for on a CPU is silently fp32."""
     with accelerator.autocast():

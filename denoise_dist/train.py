@@ -356,283 +356,318 @@ def maybe_profile(enabled: bool, run_dir: Path, rank: int):
 # --- the run ----------------------------------------------------------------------------
 
 
-def train(cfg: Config) -> dict:
-    os.umask(os.umask(0) | 0o002)  # the run folder is never world-writable, whatever the umask
-    phases = Phases()
-    resolve_output_dir(cfg)
-    if cfg.train.deterministic:
-        # cuBLAS reads this when it starts, so it must be set before the first CUDA call.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    with phases("accelerator"):
-        accelerator = runtime.make_accelerator(
-            cfg.train.cpu, cfg.train.mixed_precision, cfg.train.dist_timeout, cfg.train.compile
-        )
-    from rich.console import Console
+class Run:
+    """One training run: set up in data-flow order (devices, run folder, data, model,
+    resume, trackers, evaluation sets), then what the loop in `train` calls at its log,
+    evaluation and checkpoint steps."""
 
-    console = Console(quiet=not accelerator.is_main_process)
-    run_dir = Path(cfg.train.output_dir)  # type: ignore[arg-type]
-    resume_from = prepare_run_dir(cfg, accelerator, console)
-    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
-    with phases("data"):
-        root = data.resolve_data_root(cfg.data.data_dir)
-        splits = data.load(
-            cfg.data.dataset,
-            root,
-            cfg.data.val_size,
-            cfg.data.patch_size,
-            cfg.data.download,
-            cfg.train.seed,
-            device,
-            accelerator.main_process_first,
-        )
-    sharding = data.Sharding(
-        splits.train.num_examples, cfg.train.batch_size, world, rank, cfg.optim.grad_accum
-    )
-    total = total_steps(cfg, sharding.steps_per_epoch)
-
-    with phases("model"):
-        torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts it)
-        kwargs = model_kwargs(cfg.model.model, cfg.model)
-        # NHWC conv weights: about 20% faster on a CPU (oneDNN), and what tensor cores want.
-        model = build_model(cfg.model.model, **kwargs).to(memory_format=torch.channels_last)
-        ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
-        if ema is not None:
-            ema.model.to(device)
-        optimizer = make_optimizer(cfg, model, device)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        # Evaluated and exported without DDP or torch.compile (eval shapes differ).
-        module = accelerator.unwrap_model(model, keep_torch_compile=False)
-
-    state = RunState()
-    if resume_from is not None:
-        with phases("checkpoints"):
-            state = RunState.from_saved(checkpoint.load_checkpoint(accelerator, resume_from))
-            if ema is not None:
-                saved_ema = checkpoint.load_tensors(resume_from / EMA_FILE, device)
-                ema.load_state_dict(saved_ema if saved_ema is not None else model.state_dict())
-        checkpoint.check_length(
-            from_dict(checkpoint.read_state(resume_from)["config"]),
-            state.total_steps,
-            cfg,
-            total,
-            resume_from,
-        )
-        console.print(f"resumed from {resume_from} at step {state.step}", soft_wrap=True)
-    state.total_steps = total
-    state.run_id = state.run_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
-    if accelerator.is_main_process:
-        truncate_metrics(run_dir, state.step)
-
-    precision = runtime.precision_in_effect(accelerator)
-    if accelerator.mixed_precision == "fp16" and precision != "fp16":
-        warnings.warn(
-            f"fp16 is not in effect on {device.type}; training in {precision}. Use "
-            f"--mixed-precision bf16 on a CPU.",
-            stacklevel=2,
-        )
-    launch = {
-        "distributed_type": str(accelerator.distributed_type.value),
-        "world_size": world,
-        "device": str(device),
-        "precision": precision,
-        "compiled": cfg.train.compile,
-        "global_batch": cfg.train.batch_size,
-        "per_process_batch": sharding.micro_batch,
-        **slurm_facts(),
-    }
-    console.print(  # one line even in an 80-column log, so grep finds it whole
-        f"distributed={launch['distributed_type']} world_size={world} device={device} "
-        f"precision={precision} batch={cfg.train.batch_size} global / "
-        f"{sharding.micro_batch} per process x {cfg.optim.grad_accum} accumulation",
-        soft_wrap=True,
-    )
-    console.print(splits.description, soft_wrap=True)
-    if sharding.dropped_per_epoch and cfg.data.dataset != data.FOLDER:
-        console.print(
-            f"each epoch skips {sharding.dropped_per_epoch} of {splits.train.num_examples} "
-            f"images (a different random set each epoch) to keep batches full"
-        )
-
-    with phases("trackers"):
-        name = cfg.tracking.run_name or f"{cfg.model.model}-{cfg.noise.noise}-{state.run_id}"
-        info = RunInfo(
-            run_dir,
-            state.run_id,
-            name,
-            cfg.tracking.wandb_project,
-            cfg.to_dict(),
-            launch,
-            resumed=resume_from is not None,
-        )
-        params = noise.params_of(cfg.noise.noise, cfg.noise)
-        tracker = Tracker(
-            info, cfg.tracking, accelerator.is_main_process, noise.describe(cfg.noise.noise, params)
-        )
-    with phases("evaluation"):
-        evaluator = Evaluator(cfg, splits.val, accelerator)
-        baseline = evaluator.noisy_baseline()
-        clean_samples = data.to_float(splits.samples)
-        samples = (
-            noise.fixed_noisy(clean_samples, cfg.noise.noise, params, "test", cfg.noise.eval_seed),
-            clean_samples,
-        )
-    train_step = TrainStep(cfg, accelerator, model, optimizer, ema, splits.train, sharding, total)
-    stop = StopRequest().install()
-
-    def scored_model():
-        """What is evaluated and exported: the EMA weights when there are any."""
-        return ema.model if ema is not None else module
-
-    def save(step: int) -> None:
-        state.step = step
-        extra = {EMA_FILE: ema.state_dict()} if ema is not None else None
-        with phases("checkpoints"):
-            checkpoint.save_checkpoint(
-                accelerator,
-                run_dir,
-                step,
-                {**asdict(state), "config": cfg.to_dict()},
-                cfg.train.keep_checkpoints,
-                extra,
+    def __init__(self, cfg: Config):
+        self.cfg, self.phases = cfg, Phases()
+        resolve_output_dir(cfg)
+        if cfg.train.deterministic:
+            # cuBLAS reads this when it starts, so it must be set before the first CUDA call.
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+        with self.phases("accelerator"):
+            self.accelerator = accelerator = runtime.make_accelerator(
+                cfg.train.cpu, cfg.train.mixed_precision, cfg.train.dist_timeout, cfg.train.compile
             )
+        from rich.console import Console
 
-    def evaluate(step: int) -> dict:
-        with phases("evaluation"):
-            metrics = evaluator(scored_model())
-            if accelerator.is_main_process and metrics["val_psnr"] > state.best_val_psnr:
-                save_model(
-                    scored_model(),
-                    run_dir / BEST_MODEL,
-                    {
-                        "model": cfg.model.model,
-                        "model_kwargs": kwargs,
-                        "step": step,
-                        "val_psnr": metrics["val_psnr"],
-                        "ema": ema is not None,
-                        "config": cfg.to_dict(),
-                    },
-                )
-            state.best_val_psnr = max(state.best_val_psnr, metrics["val_psnr"])
-            tracker.log({**metrics, **baseline}, step)
+        self.console = Console(quiet=not accelerator.is_main_process)
+        self.run_dir = Path(cfg.train.output_dir)  # type: ignore[arg-type]
+        resume_from = prepare_run_dir(cfg, accelerator, self.console)
+        self.device = accelerator.device
+        with self.phases("data"):
+            self.splits = data.load(
+                cfg.data.dataset,
+                data.resolve_data_root(cfg.data.data_dir),
+                cfg.data.val_size,
+                cfg.data.patch_size,
+                cfg.data.download,
+                cfg.train.seed,
+                self.device,
+                accelerator.main_process_first,
+            )
+        self.sharding = data.Sharding(
+            self.splits.train.num_examples,
+            cfg.train.batch_size,
+            accelerator.num_processes,
+            accelerator.process_index,
+            cfg.optim.grad_accum,
+        )
+        self.total = total_steps(cfg, self.sharding.steps_per_epoch)
+        with self.phases("model"):
+            self.build_model()
+        self.state = self.resume(resume_from) if resume_from is not None else RunState()
+        self.state.total_steps = self.total
+        self.state.run_id = (
+            self.state.run_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
+        )
+        if accelerator.is_main_process:
+            truncate_metrics(self.run_dir, self.state.step)
+        self.launch = self.announce()
+        with self.phases("trackers"):
+            self.noise_params = noise.params_of(cfg.noise.noise, cfg.noise)
+            name = (
+                cfg.tracking.run_name or f"{cfg.model.model}-{cfg.noise.noise}-{self.state.run_id}"
+            )
+            info = RunInfo(
+                self.run_dir,
+                self.state.run_id,
+                name,
+                cfg.tracking.wandb_project,
+                cfg.to_dict(),
+                self.launch,
+                resumed=resume_from is not None,
+            )
+            self.tracker = Tracker(
+                info,
+                cfg.tracking,
+                accelerator.is_main_process,
+                noise.describe(cfg.noise.noise, self.noise_params),
+            )
+        with self.phases("evaluation"):
+            self.evaluator = Evaluator(cfg, self.splits.val, accelerator)
+            self.baseline = self.evaluator.noisy_baseline()
+            clean = data.to_float(self.splits.samples)
+            noisy = noise.fixed_noisy(
+                clean, cfg.noise.noise, self.noise_params, "test", cfg.noise.eval_seed
+            )
+            self.samples = (noisy, clean)
+        self.stop = StopRequest().install()
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.train.seed)  # same init on every rank (DDP also broadcasts it)
+        self.model_kwargs = model_kwargs(cfg.model.model, cfg.model)
+        # NHWC conv weights: about 20% faster on a CPU (oneDNN), and what tensor cores want.
+        model = build_model(cfg.model.model, **self.model_kwargs)
+        model = model.to(memory_format=torch.channels_last)
+        self.ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay else None
+        if self.ema is not None:
+            self.ema.model.to(self.device)
+        optimizer = make_optimizer(cfg, model, self.device)
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        # Evaluated and exported without DDP or torch.compile (evaluation shapes differ).
+        self.module = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    def resume(self, folder: Path) -> RunState:
+        with self.phases("checkpoints"):
+            state = RunState.from_saved(checkpoint.load_checkpoint(self.accelerator, folder))
+            if self.ema is not None:
+                saved = checkpoint.load_tensors(folder / EMA_FILE, self.device)
+                self.ema.load_state_dict(saved if saved is not None else self.module.state_dict())
+        saved_config = from_dict(checkpoint.read_state(folder)["config"])
+        checkpoint.check_length(saved_config, state.total_steps, self.cfg, self.total, folder)
+        self.console.print(f"resumed from {folder} at step {state.step}", soft_wrap=True)
+        return state
+
+    def announce(self) -> dict:
+        """The launch facts: checked, printed as one line, and given to the trackers."""
+        accelerator, cfg, device = self.accelerator, self.cfg, self.device
+        precision = runtime.precision_in_effect(accelerator)
+        if precision == "bf16" and device.type == "cpu" and not runtime.cpu_has_native_bf16():
+            warnings.warn(
+                "this CPU computes bf16 by emulation (no AVX512-BF16 or AMX), which is slower "
+                "than fp32 here; --mixed-precision fp32 trains faster",
+                stacklevel=3,
+            )
+        if accelerator.mixed_precision == "fp16" and precision != "fp16":
+            warnings.warn(
+                f"fp16 is not in effect on {device.type}; training in {precision}. Use "
+                f"--mixed-precision bf16 on a CPU.",
+                stacklevel=3,
+            )
+        launch = {
+            "distributed_type": str(accelerator.distributed_type.value),
+            "world_size": accelerator.num_processes,
+            "device": str(device),
+            "precision": precision,
+            "compiled": cfg.train.compile,
+            "global_batch": cfg.train.batch_size,
+            "per_process_batch": self.sharding.micro_batch,
+            **slurm_facts(),
+        }
+        self.console.print(  # one line even in an 80-column log, so grep finds it whole
+            f"distributed={launch['distributed_type']} world_size={launch['world_size']} "
+            f"device={device} precision={precision} batch={cfg.train.batch_size} global / "
+            f"{self.sharding.micro_batch} per process x {cfg.optim.grad_accum} accumulation",
+            soft_wrap=True,
+        )
+        self.console.print(self.splits.description, soft_wrap=True)
+        if self.sharding.dropped_per_epoch and cfg.data.dataset != data.FOLDER:
+            self.console.print(
+                f"each epoch skips {self.sharding.dropped_per_epoch} of "
+                f"{self.splits.train.num_examples} images (a different random set each "
+                f"epoch) to keep batches full"
+            )
+        return launch
+
+    def scored_model(self) -> torch.nn.Module:
+        """What is evaluated and exported: the EMA weights when there are any."""
+        return self.ema.model if self.ema is not None else self.module
+
+    def log_window(self, window: list[torch.Tensor], step: int, elapsed: float) -> float:
+        """One sync per window: the global mean loss per step, checked for NaN/Inf, then
+        logged. Returns the last step's loss."""
+        losses = self.accelerator.reduce(torch.stack(window), "mean").tolist()
+        check_finite([loss for loss, _ in losses], step, self.run_dir)
+        self.phases.seconds["training"] += elapsed
+        self.state.train_time_s += elapsed
+        record = {
+            "epoch": (step - 1) // self.sharding.steps_per_epoch,
+            "loss": losses[-1][0],
+            "grad_norm": losses[-1][1],
+            "lr": lr_at(step - 1, self.cfg, self.total),
+            "images_per_s": len(losses) * self.cfg.train.batch_size / elapsed,
+            "train_time_s": self.state.train_time_s,
+        }
+        self.tracker.log(record, step)
+        return record["loss"]
+
+    def stop_if_asked(self, step: int) -> None:
+        """If any rank was signalled (SLURM's warning, a preemption): checkpoint together
+        and raise Preempted (exit 75)."""
+        asked = torch.tensor(float(self.stop.requested), device=self.device)
+        if not self.accelerator.reduce(asked, "sum").item():
+            return
+        self.save(step)
+        received = signal.Signals(self.stop.signum).name if self.stop.signum else "a stop signal"
+        self.console.print(
+            f"{received} received: checkpointed step {step}; exiting with code "
+            f"{PREEMPTED_EXIT_CODE}. Rerun the same command to resume."
+        )
+        self.tracker.finish(preempted=True)
+        raise Preempted(f"preempted at step {step}")
+
+    def evaluate(self, step: int) -> dict:
+        accelerator, cfg = self.accelerator, self.cfg
+        with self.phases("evaluation"):
+            metrics = self.evaluator(self.scored_model())
+            if accelerator.is_main_process and metrics["val_psnr"] > self.state.best_val_psnr:
+                meta = {
+                    "model": cfg.model.model,
+                    "model_kwargs": self.model_kwargs,
+                    "step": step,
+                    "val_psnr": metrics["val_psnr"],
+                    "ema": self.ema is not None,
+                    "config": cfg.to_dict(),
+                }
+                save_model(self.scored_model(), self.run_dir / BEST_MODEL, meta)
+            self.state.best_val_psnr = max(self.state.best_val_psnr, metrics["val_psnr"])
+            self.tracker.log({**metrics, **self.baseline}, step)
             if accelerator.is_main_process:  # the same fixed images at every evaluation
-                noisy, clean = samples
-                denoised = denoise_batched(scored_model(), noisy, autocast=accelerator.autocast)
-                tracker.log_samples(noisy, denoised, clean, step)
-        console.print(
-            f"step {step}/{total}  val PSNR {metrics['val_psnr']:.2f} dB "
-            f"(noisy {baseline['val_psnr_noisy']:.2f})  SSIM {metrics['val_ssim']:.3f}"
+                noisy, clean = self.samples
+                denoised = denoise_batched(
+                    self.scored_model(), noisy, autocast=accelerator.autocast
+                )
+                self.tracker.log_samples(noisy, denoised, clean, step)
+        self.console.print(
+            f"step {step}/{self.total}  val PSNR {metrics['val_psnr']:.2f} dB "
+            f"(noisy {self.baseline['val_psnr_noisy']:.2f})  SSIM {metrics['val_ssim']:.3f}"
         )
         return metrics
 
-    step, last_metrics = state.step, {}
+    def save(self, step: int) -> None:
+        self.state.step = step
+        extra = {EMA_FILE: self.ema.state_dict()} if self.ema is not None else None
+        with self.phases("checkpoints"):
+            checkpoint.save_checkpoint(
+                self.accelerator,
+                self.run_dir,
+                step,
+                {**asdict(self.state), "config": self.cfg.to_dict()},
+                self.cfg.train.keep_checkpoints,
+                extra,
+            )
+
+    def finish(self, step: int, last_metrics: dict) -> dict:
+        """Final figures, the trackers' closing records, summary.json, the summary table."""
+        if not last_metrics:  # resumed a finished run: score it again, but log nothing twice
+            self.console.print(f"the run in {self.run_dir} is already complete at step {step}")
+            last_metrics = self.evaluator(self.scored_model())
+        summary = {
+            "step": step,
+            "best_val_psnr": self.state.best_val_psnr,
+            **self.baseline,
+            **last_metrics,
+            **self.launch,
+            "run_id": self.state.run_id,
+        }
+        if self.accelerator.is_main_process:
+            with self.phases("figures and summary"):
+                self.write_outputs(step, summary["val_psnr"])
+                self.tracker.finish()
+            summary["timings_s"] = {k: round(v, 3) for k, v in self.phases.seconds.items()}
+            text = json.dumps(summary, indent=2, sort_keys=True)
+            atomic_write_text(self.run_dir / SUMMARY_FILE, text)
+            print_summary(self.console, summary, self.run_dir)
+            self.console.print(self.phases.line(), soft_wrap=True)
+        self.accelerator.wait_for_everyone()
+        return summary
+
+    def write_outputs(self, step: int, val_psnr: float) -> None:
+        """Final sample grid and curves as PNG; to the trackers, the samples with their
+        PSNR and the best model (the grid went there with the last evaluation)."""
+        noisy, clean = self.samples
+        denoised = denoise_batched(self.scored_model(), noisy, autocast=self.accelerator.autocast)
+        caption = (
+            f"{noise.describe(self.cfg.noise.noise, self.noise_params)}  step {step}  "
+            f"val PSNR {val_psnr:.2f} dB"
+        )
+        figures_dir = self.run_dir / "figures"
+        grid = figures.sample_grid(noisy, denoised, clean)
+        figures.save_sample_figure(grid, figures_dir / "samples.png", caption)
+        figures.save_curves(read_metrics(self.run_dir), figures_dir / "curves.png")
+        self.tracker.log_final(noisy, denoised, clean, step, self.run_dir / BEST_MODEL)
+
+
+def train(cfg: Config) -> dict:
+    """Train as `cfg` says; returns the summary (also in <run>/summary.json)."""
+    os.umask(os.umask(0) | 0o002)  # the run folder is never world-writable, whatever the umask
+    run = Run(cfg)
+    t = cfg.train
+    train_step = TrainStep(
+        cfg,
+        run.accelerator,
+        run.model,
+        run.optimizer,
+        run.ema,
+        run.splits.train,
+        run.sharding,
+        run.total,
+    )
+    step, last_metrics = run.state.step, {}
     window: list[torch.Tensor] = []
     window_start = time.perf_counter()
-    progress = ProgressBar(console, total, step)
-    model.train()
-    with maybe_profile(cfg.train.profile, run_dir, rank) as profile_step:
-        while step < total:
+    progress = ProgressBar(run.console, run.total, step)
+    run.model.train()
+    with maybe_profile(t.profile, run.run_dir, run.accelerator.process_index) as profile_step:
+        while step < run.total:
             loss, grad_norm = train_step(step)
             profile_step()
             step += 1
             window.append(torch.stack([loss, grad_norm]))
-
-            done = step == total
-            if step % cfg.train.log_every == 0 or step % cfg.train.checkpoint_every == 0 or done:
-                # One sync per window: global mean loss per step, then look for NaN/Inf.
-                losses = accelerator.reduce(torch.stack(window), "mean").tolist()
-                check_finite([loss for loss, _ in losses], step, run_dir)
-                elapsed = time.perf_counter() - window_start
-                phases.seconds["training"] += elapsed
-                state.train_time_s += elapsed
-                record = {
-                    "epoch": (step - 1) // sharding.steps_per_epoch,
-                    "loss": losses[-1][0],
-                    "grad_norm": losses[-1][1],
-                    "lr": lr_at(step - 1, cfg, total),
-                    "images_per_s": len(losses) * cfg.train.batch_size / elapsed,
-                    "train_time_s": state.train_time_s,
-                }
-                tracker.log(record, step)
-                progress.update(step, record["loss"])
+            done = step == run.total
+            if step % t.log_every == 0 or step % t.checkpoint_every == 0 or done:
+                last_loss = run.log_window(window, step, time.perf_counter() - window_start)
+                progress.update(step, last_loss)
                 window = []
-                stop_now = torch.tensor(float(stop.requested), device=device)
-                if accelerator.reduce(stop_now, "sum").item():  # any rank was signalled
-                    save(step)
+                try:
+                    run.stop_if_asked(step)
+                except Preempted:
                     progress.close()
-                    received = signal.Signals(stop.signum).name if stop.signum else "a stop signal"
-                    console.print(
-                        f"{received} received: checkpointed step {step}; exiting with code "
-                        f"{PREEMPTED_EXIT_CODE}. Rerun the same command to resume."
-                    )
-                    tracker.finish(preempted=True)
-                    raise Preempted(f"preempted at step {step}")
-            if step % cfg.train.eval_every == 0 or done:
-                last_metrics = evaluate(step)
-            if step % cfg.train.checkpoint_every == 0 or done:
-                save(step)
+                    raise
+            if step % t.eval_every == 0 or done:
+                last_metrics = run.evaluate(step)
+            if step % t.checkpoint_every == 0 or done:
+                run.save(step)
             if not window:  # keep evaluation and checkpoint time out of images/s
                 window_start = time.perf_counter()
     progress.close()
-
-    if not last_metrics:  # resumed a finished run: score it again, but log nothing twice
-        console.print(f"the run in {run_dir} is already complete at step {step}")
-        last_metrics = evaluator(scored_model())
-    summary = {
-        "step": step,
-        "best_val_psnr": state.best_val_psnr,
-        **baseline,
-        **last_metrics,
-        **launch,
-        "run_id": state.run_id,
-    }
-    if accelerator.is_main_process:
-        with phases("figures and summary"):
-            write_outputs(
-                cfg,
-                run_dir,
-                scored_model(),
-                samples,
-                summary,
-                tracker,
-                step,
-                accelerator.autocast,
-                params,
-            )
-            tracker.finish()
-        summary["timings_s"] = {k: round(v, 3) for k, v in phases.seconds.items()}
-        atomic_write_text(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, sort_keys=True))
-        print_summary(console, summary, run_dir)
-        console.print(phases.line(), soft_wrap=True)
-    accelerator.wait_for_everyone()
-    return summary
-
-
-def write_outputs(
-    cfg: Config,
-    run_dir: Path,
-    model,
-    samples,
-    summary: dict,
-    tracker: Tracker,
-    step: int,
-    autocast,
-    params: dict,
-) -> None:
-    """Final sample grid and curves as PNG; to the trackers, the samples with their PSNR
-    and the best model (the grid went there with the last evaluation)."""
-    noisy, clean = samples
-    denoised = denoise_batched(model, noisy, autocast=autocast)
-    caption = (
-        f"{noise.describe(cfg.noise.noise, params)}  step {step}  "
-        f"val PSNR {summary['val_psnr']:.2f} dB"
-    )
-    figures.save_sample_figure(
-        figures.sample_grid(noisy, denoised, clean), run_dir / "figures" / "samples.png", caption
-    )
-    figures.save_curves(read_metrics(run_dir), run_dir / "figures" / "curves.png")
-    tracker.log_final(noisy, denoised, clean, step, run_dir / BEST_MODEL)
+    return run.finish(step, last_metrics)
 
 
 class ProgressBar:

@@ -10,30 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.own_images import PHOTOGRAPHS  # scikit-image's photographs
 from tests.helpers import REPO, require
 
 SHARED_DATA = REPO.parent / "shared" / "data"
-# scikit-image's bundled pictures: real photographs that install without the internet.
-PHOTOGRAPHS = (
-    "astronaut.png",
-    "brick.png",
-    "camera.png",
-    "cell.png",
-    "chelsea.png",
-    "clock_motion.png",
-    "coffee.png",
-    "coins.png",
-    "grass.png",
-    "gravel.png",
-    "hubble_deep_field.jpg",
-    "ihc.png",
-    "moon.png",
-    "motorcycle_left.png",
-    "motorcycle_right.png",
-    "page.png",
-    "retina.jpg",
-    "rocket.jpg",
-)
 
 # Tests (not the package) know where the shared MNIST copy lives.
 if "DENOISE_DIST_DATA" not in os.environ and SHARED_DATA.is_dir():

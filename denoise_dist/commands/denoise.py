@@ -139,8 +139,8 @@ def denoise(args: argparse.Namespace) -> int:
     files = collect_inputs(args.inputs, args.recursive, failures)
     targets = plan_targets(files, out_dir, failures)
     # The model's input size: any for fully convolutional models, fixed for seed_ae.
-    spec = MODELS[meta["model"]]
-    fixed = None if spec.fully_convolutional else (spec.cls.image_size,) * 2
+    size = MODELS[meta["model"]].image_size
+    fixed = None if size is None else (size, size)
     if fixed and state.is_main_process:
         print(
             f"{meta['model']} takes {fixed[0]}x{fixed[1]} images only: each input is resized "

@@ -21,21 +21,25 @@ from denoise_dist.models.unet import ResUNet
 class ModelSpec:
     cls: type[nn.Module]
     fields: tuple[str, ...]  # the ModelConfig fields passed to the constructor
-    fully_convolutional: bool  # any image size (else only `cls.image_size`)
     summary: str
+    image_size: int | None = None  # the one square size it takes; None: any size
     takes_draw: bool = False  # forward(x, draw): random layers keyed to the global batch
+
+    @property
+    def fully_convolutional(self) -> bool:
+        return self.image_size is None
 
 
 MODELS: dict[str, ModelSpec] = {
     "unet": ModelSpec(
-        ResUNet, ("width", "depth"), True, "residual U-Net that predicts the noise (default)"
+        ResUNet, ("width", "depth"), "residual U-Net that predicts the noise (default)"
     ),
-    "conv_ae": ModelSpec(ConvAE, ("width",), True, "fully convolutional autoencoder"),
+    "conv_ae": ModelSpec(ConvAE, ("width",), "fully convolutional autoencoder"),
     "seed_ae": ModelSpec(
         SeedAE,
         ("dropout",),
-        False,
         "the original report's autoencoder (28x28 only)",
+        image_size=SeedAE.image_size,
         takes_draw=True,
     ),
 }

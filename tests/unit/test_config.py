@@ -126,3 +126,26 @@ def test_a_config_saved_by_the_previous_version_still_loads():
     saved["data"]["val_size"] = 5000
     cfg = from_dict(saved)
     assert cfg.train.mixed_precision == "auto" and cfg.tracking.report_to == ("wandb",)
+
+
+def test_a_recipe_sets_values_that_yaml_and_flags_still_override(tmp_path):
+    from denoise_dist.recipes import RECIPES
+
+    name, recipe = next(iter(RECIPES.items()))
+    cfg = parse("--recipe", name)
+    flat = {k: v for section in cfg.to_dict().values() for k, v in section.items()}
+    assert all(flat[k] == v for k, v in recipe.values.items()) and flat["recipe"] == name
+    path = tmp_path / "r.yaml"
+    path.write_text(f"recipe: {name}\nlr: 0.0001\n")
+    from_file = parse("--config", str(path), "--batch-size", "8")
+    assert from_file.train.recipe == name and from_file.optim.lr == 0.0001
+    assert from_file.train.batch_size == 8 and from_file.train.max_steps == cfg.train.max_steps
+    with pytest.raises(ConfigError, match="recipe must be one of"):
+        parse("--recipe", "fast-please")
+
+
+def test_every_recipe_is_a_valid_config():
+    from denoise_dist.recipes import RECIPES
+
+    for name in RECIPES:
+        validate(parse("--recipe", name))
