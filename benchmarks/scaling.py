@@ -13,13 +13,14 @@ Figures are printed, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from denoise_dist.tracking import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 
@@ -73,8 +74,8 @@ def run(processes: int, threads: int, args) -> tuple[float, float]:
             )
         if f"world_size={processes}" not in result.stdout:
             sys.exit(f"asked for {processes} processes, the run says:\n{result.stdout[:500]}")
-        lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
-    windows = [json.loads(line)["images_per_s"] for line in lines if "images_per_s" in line]
+        records = read_metrics(Path(run_dir))
+    windows = [r["images_per_s"] for r in records if "images_per_s" in r]
     windows = windows[1:] or windows  # the first window holds the warm-up
     return sum(windows) / len(windows), wall
 

@@ -32,6 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from denoise_dist.tracking import read_metrics
+
 VARIANT_FLAGS = {
     "eager": [],
     "bf16": ["--mixed-precision", "bf16"],
@@ -123,7 +125,7 @@ def ours(args, variant: str) -> float:
         )
         if result.returncode != 0:
             raise RuntimeError(f"ours-{variant} failed: {result.stderr.strip()[-2000:]}")
-        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
+        records = read_metrics(Path(run_dir))
     windows = [r for r in records if "images_per_s" in r and r["step"] > args.steps // 5]
     seconds = sum(log_every * args.batch_size / r["images_per_s"] for r in windows)
     return len(windows) * log_every * args.batch_size / seconds
