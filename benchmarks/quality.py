@@ -5,7 +5,8 @@
 
 --per-sigma trains one model per sigma (Gaussian noise at that sigma) and scores it at
 its own sigma; --blind trains one model on sigma drawn per image over [min, max] of
---sigmas and scores it at every sigma. Both use the same recipe, so the same budget.
+--sigmas, with --blind-loss (default psnr: every image's decibels weigh alike), and
+scores it at every sigma. Both use the same recipe, so the same budget.
 Every run is a real `denoise-dist train` followed by `denoise-dist evaluate` on all
 10,000 MNIST test images with their fixed-seed noise. Finished runs and evaluations in
 --out are reused, so an interrupted benchmark picks up where it stopped.
@@ -75,6 +76,7 @@ def main() -> None:
     parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS))
     parser.add_argument("--per-sigma", action="store_true")
     parser.add_argument("--blind", action="store_true")
+    parser.add_argument("--blind-loss", default="psnr", choices=("mse", "psnr"))
     parser.add_argument("--data-dir")
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("train_flags", nargs="*", help="after --: more `train` flags")
@@ -89,18 +91,9 @@ def main() -> None:
     if args.blind:
         run_dir = out / "blind"
         print(f"training {run_dir}", flush=True)
-        summary = train(
-            args,
-            run_dir,
-            [
-                "--noise",
-                "gaussian_blind",
-                "--sigma-min",
-                str(sigmas[0]),
-                "--sigma-max",
-                str(sigmas[-1]),
-            ],
-        )
+        blind = ["--noise", "gaussian_blind", "--loss", args.blind_loss]
+        blind += ["--sigma-min", str(sigmas[0]), "--sigma-max", str(sigmas[-1])]
+        summary = train(args, run_dir, blind)
         report = evaluate(args, run_dir, sigmas)
         rows["blind"] = {"summary": summary, "results": {r["sigma"]: r for r in report["results"]}}
     if args.per_sigma:

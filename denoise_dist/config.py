@@ -26,6 +26,7 @@ from denoise_dist.recipes import RECIPES
 from denoise_dist.trackers import SINKS
 
 SCHEDULES = ("constant", "cosine")
+LOSS_NAMES = ("mse", "psnr")  # train.LOSSES
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 REPORT_TO = ("none", "all", *SINKS)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
@@ -95,6 +96,11 @@ class OptimConfig:
     warmup_steps: int = doc("Linear warmup steps.", default=0)
     grad_clip: float = doc("Clip the gradient norm to this (0 disables).", default=1.0)
     grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=1)
+    loss: str = doc(
+        "What training minimises: mse, or psnr (minus the mean per-image PSNR, which "
+        "weighs every image alike; it helps blind models at low noise).",
+        default="mse",
+    )
     ema_decay: float = doc(
         "Keep an exponential moving average of the weights with this decay (0: off); "
         "the average is what is evaluated and exported.",
@@ -310,6 +316,7 @@ def validate(cfg: Config) -> Config:
     _choice("noise", n.noise, NOISES)
     _choice("model", m.model, MODELS)
     _choice("schedule", o.schedule, SCHEDULES)
+    _choice("loss", o.loss, LOSS_NAMES)
     _choice("mixed_precision", t.mixed_precision, PRECISIONS)
     _choice("wandb_mode", k.wandb_mode, WANDB_MODES)
     if t.recipe is not None:

@@ -1,8 +1,8 @@
-"""Named presets (`--recipe NAME`): one table of tested settings for a time budget.
+"""Named presets (`--recipe NAME`): one table of settings chosen for a time budget.
 
 A recipe is a set of config values applied first, so a YAML file and flags still
-override any of them. Each was chosen from measured sweeps (benchmarks/, README
-"Recipes"); `summary` says what it was measured to reach, where.
+override any of them. The CPU recipes were chosen from the sweeps kept in
+benchmarks/quality_sweep.md; the README's "Recipes" table says what each reached, where.
 """
 
 from __future__ import annotations
@@ -16,13 +16,32 @@ class Recipe:
     values: dict = field(default_factory=dict)
 
 
+# Batch 64 beat batch 128 at the same CPU time (more updates; a step costs less than
+# half), and depth 3 or width 24-48 did not pay for their cost. bf16 needs a CPU that has
+# it in hardware (AVX512-BF16 or AMX); elsewhere pass --mixed-precision fp32 and expect
+# about twice the time.
+CPU = {
+    "model": "unet", "width": 32, "depth": 2, "batch_size": 64, "lr": 1.5e-3,
+    "schedule": "cosine", "warmup_steps": 100, "mixed_precision": "bf16",
+}  # fmt: skip
+
 RECIPES: dict[str, Recipe] = {
     "cpu-10min": Recipe(
-        "unet for 10 minutes of a 2-core CPU with native bf16 (AVX512-BF16 or AMX)",
+        "unet, 3850 steps of batch 64 in bf16: about 10 minutes on 2 CPU cores",
+        {**CPU, "max_steps": 3850, "eval_every": 1000, "checkpoint_every": 1000},
+    ),
+    "cpu-4min": Recipe(
+        "unet, 1700 steps of batch 64 in bf16: about 4 minutes on 2 CPU cores",
+        {**CPU, "max_steps": 1700, "eval_every": 850, "checkpoint_every": 850},
+    ),
+    "gpu-5min": Recipe(
+        "a wider unet, 24000 steps of batch 256 in bf16 for one H100/H200 (not yet run on "
+        "a GPU: benchmarks/gpu_recipe.sh measures it)",
         {
-            "model": "unet", "width": 32, "depth": 2, "batch_size": 128, "max_steps": 2000,
-            "lr": 2e-3, "schedule": "cosine", "warmup_steps": 100, "mixed_precision": "bf16",
-            "eval_every": 500, "checkpoint_every": 500,
+            "model": "unet", "width": 48, "depth": 2, "batch_size": 256, "lr": 1e-3,
+            "schedule": "cosine", "warmup_steps": 500, "mixed_precision": "bf16",
+            "ema_decay": 0.999, "max_steps": 24000, "eval_every": 6000,
+            "checkpoint_every": 6000,
         },
     ),
 }  # fmt: skip

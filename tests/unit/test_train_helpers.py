@@ -93,3 +93,16 @@ def test_ema_warms_up_then_averages():
         ema.update(model, step)
     assert ema.model.weight.item() == pytest.approx(1.0, abs=1e-6)
     assert not ema.model.weight.requires_grad
+
+
+def test_the_psnr_objective_is_minus_the_mean_per_image_psnr():
+    from denoise_dist.config import LOSS_NAMES
+    from denoise_dist.metrics import psnr
+    from denoise_dist.train import LOSSES
+
+    assert set(LOSS_NAMES) == set(LOSSES)
+    clean = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    pred = clean + 0.05 * torch.arange(1, 7).view(6, 1, 1, 1) * torch.randn(clean.shape)
+    mse = (pred - clean).pow(2).flatten(1).mean(1)
+    assert LOSSES["psnr"](mse).item() == pytest.approx(-psnr(pred, clean).mean().item(), rel=1e-5)
+    assert LOSSES["mse"](mse).item() == pytest.approx(((pred - clean) ** 2).mean().item())
