@@ -26,7 +26,7 @@ from denoise_dist.recipes import RECIPES
 from denoise_dist.trackers import SINKS
 
 SCHEDULES = ("constant", "cosine")
-LOSS_NAMES = ("mse", "psnr")  # train.LOSSES
+LOSS_NAMES = ("mse", "psnr")  # step.LOSSES
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 REPORT_TO = ("none", "all", *SINKS)
 WANDB_MODES = ("auto", "online", "offline", "disabled")

@@ -40,7 +40,7 @@ RECIPES: dict[str, Recipe] = {
         {
             "model": "unet", "width": 48, "depth": 2, "batch_size": 256, "lr": 1e-3,
             "schedule": "cosine", "warmup_steps": 500, "mixed_precision": "bf16",
-            "ema_decay": 0.999, "max_steps": 24000, "eval_every": 6000,
+            "max_steps": 24000, "eval_every": 6000,
             "checkpoint_every": 6000,
         },
     ),

@@ -6,14 +6,8 @@ import torch
 from denoise_dist.checkpoint import check_length
 from denoise_dist.config import Config, overlay
 from denoise_dist.errors import CheckpointError, TrainingDiverged
-from denoise_dist.train import (
-    EMA,
-    check_finite,
-    lr_at,
-    resolve_output_dir,
-    restarted,
-    total_steps,
-)
+from denoise_dist.step import EMA, lr_at
+from denoise_dist.train import check_finite, resolve_output_dir, restarted, total_steps
 
 
 def config(**values) -> Config:
@@ -98,7 +92,7 @@ def test_ema_warms_up_then_averages():
 def test_the_psnr_objective_is_minus_the_mean_per_image_psnr():
     from denoise_dist.config import LOSS_NAMES
     from denoise_dist.metrics import psnr
-    from denoise_dist.train import LOSSES
+    from denoise_dist.step import LOSSES
 
     assert set(LOSS_NAMES) == set(LOSSES)
     clean = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
