@@ -53,7 +53,7 @@ def dataloader_pipeline(args) -> float:
     from denoise_dist.config import ModelConfig
     from denoise_dist.models import build_model, model_kwargs
 
-    device = torch.device(args.device)
+    device, workers = torch.device(args.device), args.workers[0]
     root = data.resolve_data_root(args.data_dir)
     dataset = datasets.MNIST(str(root), train=True, download=False, transform=transforms.ToTensor())
     loader = DataLoader(
@@ -61,9 +61,9 @@ def dataloader_pipeline(args) -> float:
         batch_size=args.batch_size,
         shuffle=True,
         drop_last=True,
-        num_workers=args.workers,
+        num_workers=workers,
         pin_memory=device.type == "cuda",
-        persistent_workers=args.workers > 0,
+        persistent_workers=workers > 0,
     )
     torch.manual_seed(0)
     model = build_model(args.model, **model_kwargs(args.model, ModelConfig())).to(device)
