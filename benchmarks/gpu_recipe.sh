@@ -8,10 +8,11 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RUN=${1:-/tmp/gpu-recipe}
+shift || true  # the rest: more train flags (for example --compile)
 export WANDB_MODE=disabled
 rm -rf "$RUN"
 SECONDS=0
-timeout 420 python -m denoise_dist train --recipe gpu-5min --output-dir "$RUN"
+timeout "${RECIPE_TRAIN_TIMEOUT:-420}" python -m denoise_dist train --recipe gpu-5min --output-dir "$RUN" "$@"
 echo "train exit $?, ${SECONDS} s wall"
 timeout 120 python -m denoise_dist evaluate "$RUN" --sigmas 0.5 --out "$RUN/eval"
 python - "$RUN" <<'PY'

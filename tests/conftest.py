@@ -14,6 +14,7 @@ from benchmarks.own_images import PHOTOGRAPHS  # scikit-image's photographs
 from tests.helpers import REPO, require
 
 SHARED_DATA = REPO.parent / "shared" / "data"
+MNIST_TRAIN_IMAGES = ("train-images-idx3-ubyte", "train-images-idx3-ubyte.gz")
 
 # Tests (not the package) know where the shared MNIST copy lives.
 if "DENOISE_DIST_DATA" not in os.environ and SHARED_DATA.is_dir():
@@ -26,7 +27,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def mnist_root() -> Path:
     root = Path(os.environ.get("DENOISE_DIST_DATA", ""))
     require(
-        (root / "MNIST" / "raw" / "train-images-idx3-ubyte").exists(),
+        any((root / "MNIST" / "raw" / name).exists() for name in MNIST_TRAIN_IMAGES),
         f"real MNIST not found under DENOISE_DIST_DATA={root or '(unset)'}",
     )
     return root
