@@ -32,6 +32,8 @@ REPORT_TO = ("none", "all", *SINKS)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # Spellings that earlier versions and YAML's booleans produce, and what they mean now.
 ALIASES = {"mixed_precision": {"no": "auto", False: "auto"}}
+# A compiled step saves ~4 ms per batch-128 step on an H100 and compiling costs ~10 s.
+COMPILE_AUTO_MIN_STEPS = 3000
 
 
 def doc(text: str, **kw) -> Any:
@@ -128,10 +130,11 @@ class TrainConfig:
         "auto (the launcher's choice, from an accelerate config; else fp32), fp32, fp16 or bf16.",
         default="auto",
     )
-    compile: bool = doc(
-        "torch.compile the training step (CUDA graphs on a GPU). Off by default until it "
-        "has passed the gpu test tier on a real GPU.",
-        default=False,
+    compile: bool | None = doc(
+        "torch.compile the training step (CUDA graphs on a GPU): --compile, --no-compile, "
+        "or by default on for a CUDA run of at least "
+        f"{COMPILE_AUTO_MIN_STEPS} steps, where compiling (about 10 s) pays for itself.",
+        default=None,
     )
     deterministic: bool = doc(
         "Deterministic algorithms (cuDNN, cuBLAS): bit-exact resume on a GPU, a little slower.",

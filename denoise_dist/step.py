@@ -65,8 +65,8 @@ class TrainStep:
     Gathers this rank's rows of the step's global batch, draws their noise, and runs
     forward, loss, backward (gradients synchronised on the last micro-batch only), clip,
     the optimizer and the EMA. Returns device tensors: nothing here waits for the device.
-    With --compile the noise draw and the model run through torch.compile (the model
-    through Accelerate's dynamo settings; CUDA graphs on a GPU)."""
+    Compiled (--compile; by default on long CUDA runs), the noise draw and the model run
+    through torch.compile (CUDA graphs on a GPU)."""
 
     def __init__(
         self,
@@ -78,6 +78,7 @@ class TrainStep:
         train_set,
         sharding: data.Sharding,
         total: int,
+        compiled: bool = False,
     ):
         self.cfg, self.accelerator, self.model, self.optimizer = cfg, accelerator, model, optimizer
         self.ema, self.train_set, self.sharding, self.total = ema, train_set, sharding, total
@@ -90,7 +91,7 @@ class TrainStep:
         self.takes_draw = MODELS[cfg.model.model].takes_draw
         self.objective = LOSSES[cfg.optim.loss]
         self.add_noise = noise.add_noise
-        if cfg.train.compile:
+        if compiled:  # the model was compiled by train (runtime.compile_model)
             self.add_noise = torch.compile(noise.add_noise, dynamic=False)
 
     def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:

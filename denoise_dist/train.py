@@ -268,7 +268,7 @@ class Run:
             torch.backends.cudnn.benchmark = False
         with self.phases("accelerator"):
             self.accelerator = accelerator = runtime.make_accelerator(
-                cfg.train.cpu, cfg.train.mixed_precision, cfg.train.dist_timeout, cfg.train.compile
+                cfg.train.cpu, cfg.train.mixed_precision, cfg.train.dist_timeout
             )
         from rich.console import Console
 
@@ -295,6 +295,7 @@ class Run:
             cfg.optim.grad_accum,
         )
         self.total = total_steps(cfg, self.sharding.steps_per_epoch)
+        self.compiled = runtime.compile_wanted(cfg.train.compile, self.device, self.total)
         with self.phases("model"):
             self.build_model()
         self.state = self.resume(resume_from) if resume_from is not None else RunState()
@@ -347,6 +348,8 @@ class Run:
             self.ema.model.to(self.device)
         optimizer = make_optimizer(cfg, model, self.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        if self.compiled:
+            self.model = runtime.compile_model(self.model, self.device)
         # Evaluated and exported without DDP or torch.compile (evaluation shapes differ).
         self.module = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
@@ -382,14 +385,15 @@ class Run:
             "world_size": accelerator.num_processes,
             "device": str(device),
             "precision": precision,
-            "compiled": cfg.train.compile,
+            "compiled": self.compiled,
             "global_batch": cfg.train.batch_size,
             "per_process_batch": self.sharding.micro_batch,
             **slurm_facts(),
         }
         self.console.print(  # one line even in an 80-column log, so grep finds it whole
             f"distributed={launch['distributed_type']} world_size={launch['world_size']} "
-            f"device={device} precision={precision} batch={cfg.train.batch_size} global / "
+            f"device={device} precision={precision} compiled={'yes' if self.compiled else 'no'} "
+            f"batch={cfg.train.batch_size} global / "
             f"{self.sharding.micro_batch} per process x {cfg.optim.grad_accum} accumulation",
             soft_wrap=True,
         )
@@ -535,6 +539,7 @@ def train(cfg: Config) -> dict:
         run.splits.train,
         run.sharding,
         run.total,
+        run.compiled,
     )
     step, last_metrics = run.state.step, {}
     window: list[torch.Tensor] = []

@@ -81,7 +81,9 @@ def test_two_processes_train_like_one(one_process_run, tmp_path):
     assert result.returncode == 0, result.stderr
     line = startup_line(result.stdout)
     assert line.startswith("distributed=MULTI_CPU world_size=2 device=cpu")
-    assert line.endswith("precision=fp32 batch=32 global / 16 per process x 1 accumulation")
+    assert line.endswith(
+        "precision=fp32 compiled=no batch=32 global / 16 per process x 1 accumulation"
+    )
     assert_same_training(run_dir, one_process_run)
 
 

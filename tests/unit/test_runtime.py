@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from denoise_dist import runtime
+from denoise_dist import config, runtime
+from denoise_dist.config import COMPILE_AUTO_MIN_STEPS
 from denoise_dist.errors import ConfigError
 from tests.helpers import CONFIGS
 
@@ -50,3 +51,25 @@ def test_processes_that_did_not_form_a_group_are_refused():
     runtime.check_one_group(1, {})
     with pytest.raises(ConfigError, match="started 2 processes but they did not form one"):
         runtime.check_one_group(1, {"WORLD_SIZE": "2"})
+
+
+@pytest.mark.parametrize("asked, device, steps, compiled", [
+    (None, "cuda", COMPILE_AUTO_MIN_STEPS, True),    # long enough to pay for compiling
+    (None, "cuda", COMPILE_AUTO_MIN_STEPS - 1, False),
+    (None, "cpu", 10**6, False),                     # measured slower on a CPU
+    (True, "cpu", 10, True),                         # --compile wins
+    (False, "cuda", 10**6, False),                   # --no-compile wins
+])  # fmt: skip
+def test_compile_is_on_by_default_only_for_long_cuda_runs(asked, device, steps, compiled):
+    assert runtime.compile_wanted(asked, torch.device(device), steps) is compiled
+
+
+def test_compile_spellings_in_yaml_and_flags():
+    from denoise_dist.cli import build_parser
+
+    assert config.overlay(config.Config(), {"compile": True}, "yaml").train.compile is True
+    assert config.Config().train.compile is None  # auto
+    parser = build_parser()
+    for flags, value in ((["--compile"], True), (["--no-compile"], False), ([], None)):
+        args = parser.parse_args(["train", *flags])
+        assert config.config_from_args(args).train.compile is value
