@@ -5,7 +5,8 @@
 
 --per-sigma trains one model per sigma (Gaussian noise at that sigma) and scores it at
 its own sigma; --blind trains one model on sigma drawn per image over [min, max] of
---sigmas, with --blind-loss (default psnr: every image's decibels weigh alike), and
+--sigmas (or --blind-range), with --blind-loss (default psnr: every image's decibels
+weigh alike), and
 scores it at every sigma. Both use the same recipe, so the same budget.
 Every run is a real `denoise-dist train` followed by `denoise-dist evaluate` on all
 10,000 MNIST test images with their fixed-seed noise. Finished runs and evaluations in
@@ -77,6 +78,13 @@ def main() -> None:
     parser.add_argument("--per-sigma", action="store_true")
     parser.add_argument("--blind", action="store_true")
     parser.add_argument("--blind-loss", default="psnr", choices=("mse", "psnr"))
+    parser.add_argument(
+        "--blind-range",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="the sigmas the blind model trains on (default: min and max of --sigmas)",
+    )
     parser.add_argument("--data-dir")
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("train_flags", nargs="*", help="after --: more `train` flags")
@@ -89,13 +97,18 @@ def main() -> None:
     rows: dict[str, dict] = {}
     baselines: dict[str, dict] = {}
     if args.blind:
-        run_dir = out / "blind"
+        low, high = args.blind_range or (sigmas[0], sigmas[-1])
+        run_dir = out / ("blind" if not args.blind_range else f"blind-{low:g}-{high:g}")
         print(f"training {run_dir}", flush=True)
         blind = ["--noise", "gaussian_blind", "--loss", args.blind_loss]
-        blind += ["--sigma-min", str(sigmas[0]), "--sigma-max", str(sigmas[-1])]
+        blind += ["--sigma-min", str(low), "--sigma-max", str(high)]
         summary = train(args, run_dir, blind)
         report = evaluate(args, run_dir, sigmas)
-        rows["blind"] = {"summary": summary, "results": {r["sigma"]: r for r in report["results"]}}
+        rows["blind"] = {
+            "label": f"blind, trained on σ {low:g}-{high:g}",
+            "summary": summary,
+            "results": {r["sigma"]: r for r in report["results"]},
+        }
     if args.per_sigma:
         results, summaries = {}, []
         for sigma in sigmas:
@@ -122,7 +135,8 @@ def main() -> None:
         timed = row.get("summaries", [row["summary"]])
         minutes = sum(s["timings_s"]["training"] for s in timed) / len(timed) / 60
         each = " each" if name == "per sigma" else ""
-        print(f"| unet ({name}) | " + " | ".join(cells) + f" | {minutes:.1f} min{each} |")
+        label = row.get("label", name)
+        print(f"| unet ({label}) | " + " | ".join(cells) + f" | {minutes:.1f} min{each} |")
     for name, by_sigma in baselines.items():
         print(f"| {name} | " + " | ".join(cell(by_sigma[s]) for s in sigmas) + " | - |")
     print_goals(args.recipe, rows, sigmas)
