@@ -21,7 +21,7 @@ from pathlib import Path
 run = Path(sys.argv[1])
 summary = json.loads((run / "summary.json").read_text())
 [row] = json.loads((run / "eval" / "eval.json").read_text())["results"]
-print(f"gpu-5min: {summary['step']} steps, {summary['timings_s']['training']:.0f} s of training "
+print(f"gpu-5min: {summary['step']} steps, {summary['train_time_s']:.0f} s of training "
       f"on {summary['device']} ({summary['precision']}); test sigma 0.5: PSNR "
       f"{row['model']['psnr']:.2f} dB, SSIM {row['model']['ssim']:.3f} (goal 22.0 dB)")
 PY

@@ -109,7 +109,7 @@ def main() -> None:
 
     print(
         f"\n{report['num_images']} held-out photographs, whole, sigma {args.sigma:g} "
-        f"(the model trained {summary['step']} steps: {summary['timings_s']['training']:.0f} s "
+        f"(the model trained {summary['step']} steps: {summary['train_time_s']:.0f} s "
         f"of training, {wall:.0f} s wall, {summary['precision']})"
     )
     print(f"{'method':<16}{'PSNR (dB)':>10}{'SSIM':>8}")

@@ -133,7 +133,7 @@ def main() -> None:
     for name, row in rows.items():
         cells = [cell(row["results"][s]["model"]) if s in row["results"] else "" for s in sigmas]
         timed = row.get("summaries", [row["summary"]])
-        minutes = sum(s["timings_s"]["training"] for s in timed) / len(timed) / 60
+        minutes = sum(s["train_time_s"] for s in timed) / len(timed) / 60
         each = " each" if name == "per sigma" else ""
         label = row.get("label", name)
         print(f"| unet ({label}) | " + " | ".join(cells) + f" | {minutes:.1f} min{each} |")
@@ -161,7 +161,7 @@ def print_goals(recipe: str, rows: dict, sigmas) -> None:
         if goal is None or result is None:
             continue
         timed = row.get("summaries", [row["summary"]])
-        worst = max(s["timings_s"]["training"] for s in timed) / 60
+        worst = max(s["train_time_s"] for s in timed) / 60
         verdict = "met" if result["model"]["psnr"] >= goal else "NOT met"
         print(
             f"goal: {recipe} ({name}) at sigma {GOAL_SIGMA:g}: {result['model']['psnr']:.2f} dB,"

@@ -496,6 +496,8 @@ class Run:
             **last_metrics,
             **self.launch,
             "run_id": self.state.run_id,
+            # Across resumes (timings_s is this process's); a finished run keeps it.
+            "train_time_s": round(self.state.train_time_s, 3),
         }
         if self.accelerator.is_main_process:
             with self.phases("figures and summary"):

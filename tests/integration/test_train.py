@@ -98,10 +98,14 @@ def test_rerunning_a_finished_run_does_not_train_again(mnist_root, tmp_path):
     run = tmp_path / "run"
     assert run_cli("train", *tiny_args(run, "--max-steps", "10")).returncode == 0
     before = (run / "metrics.jsonl").read_text()
+    trained_s = json.loads((run / "summary.json").read_text())["train_time_s"]
     again = run_cli("train", *tiny_args(run, "--max-steps", "10"))
     assert again.returncode == 0, again.stderr
     assert "already complete at step 10" in again.stdout
     assert (run / "metrics.jsonl").read_text() == before  # nothing trained or logged twice
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["train_time_s"] == trained_s > 0  # the training time survives the rerun
+    assert "training" not in summary["timings_s"]  # this process trained nothing
 
 
 def test_a_cosine_run_cannot_change_its_length_but_a_constant_one_extends_exactly(
