@@ -3,14 +3,17 @@
 #   1. the default `denoise-dist train`, timed from outside, with its per-phase breakdown;
 #   2. throughput at batch 128 (unet, seed_ae) against DataLoader pipelines of the same
 #      model (tuned: 8 workers and pin_memory), ours eager and compiled;
-#   3. the gpu test tier (tests/gpu), in four parallel groups: main job in fp32/bf16/fp16,
+#   3. the gpu test tier (tests/gpu), in parallel groups: main job in fp32/bf16/fp16,
 #      bit-exact resume and too many processes, evaluate/denoise/load_model, compiled vs
-#      eager.
+#      eager, and any test that none of these names.
 # Timings (1, 2) run alone on the machine. Then one table. Every step has its own time
 # limit, so a hang or a failure still leaves a table. Logs and results go to
 # $OUT/gpu_check.tar.gz when $OUT is set (the device tool's output folder).
 #
 #   DENOISE_DIST_DATA=/path/with/MNIST/raw PYTHONPATH=$PWD benchmarks/gpu_check.sh
+#
+# GPU_CHECK_SECONDS (560) bounds the whole; GPU_CHECK_DEVICE=cpu GPU_CHECK_STEPS=20 is a
+# dry run of the script itself on a machine without a GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOGS=$(mktemp -d /tmp/gpu_check.XXXX)
@@ -43,15 +46,18 @@ tail -n 5 "$LOGS/throughput_seed_ae.log"
 
 stamp "3. gpu test tier ($(left) s left)"
 TIER_TIMEOUT=$(( $(left) < 300 ? $(left) - 10 : 300 ))
+GROUPS_K=("main_job" "resume or more_processes" "evaluate_on or load_model" "compiled_step")
+printf -v JOINED '%s or ' "${GROUPS_K[@]}"
+GROUPS_K+=("not (${JOINED% or })")  # whatever the others miss
 group=0 TIER=()
-for selection in "main_job" "resume or more_processes" "evaluate_on or load_model" "compiled_step"; do
+for selection in "${GROUPS_K[@]}"; do
     group=$((group + 1))
     timeout "$TIER_TIMEOUT" python -m pytest tests/gpu -m gpu -k "$selection" -q -rA \
         -p no:cacheprovider --basetemp "$LOGS/tier$group" > "$LOGS/gpu_tier$group.log" 2>&1 &
     TIER+=($!)
 done
 wait "${TIER[@]}"
-for g in 1 2 3 4; do tail -n 4 "$LOGS/gpu_tier$g.log"; done
+for g in $(seq "$group"); do tail -n 4 "$LOGS/gpu_tier$g.log"; done
 
 stamp "table"
 python - "$LOGS" <<'PY' | tee "$LOGS/table.txt"
