@@ -1,6 +1,6 @@
 """One point of the sweeps that chose the recipes: a bare training loop on MNIST (the
-package's data, noise and models; no Accelerate, no checkpoints), printing validation
-PSNR/SSIM on 2,000 held-out images at each quarter.
+package's data, noise, models, schedule, losses and EMA; no Accelerate, no checkpoints),
+printing validation PSNR/SSIM on 2,000 held-out images at each quarter.
 
     python benchmarks/recipe_sweep.py --steps 3850 --batch 64 --lr 1.5e-3 --bf16 [--width 32]
         [--depth 2] [--sigma 0.5 | --blind 0.1,0.7] [--loss mse|psnr] [--ema 0.999]
@@ -13,16 +13,16 @@ seconds per step of each configuration were measured apart, on an idle machine.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
-import math
 import time
 
 import torch
 
 from denoise_dist import data, noise
+from denoise_dist.config import Config, overlay
 from denoise_dist.metrics import psnr, ssim
 from denoise_dist.models import build_model
+from denoise_dist.step import EMA, LOSSES, lr_at
 
 
 def main() -> None:
@@ -57,7 +57,9 @@ def main() -> None:
     }
     model = build_model("unet", width=a.width, depth=a.depth).to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=a.lr)
-    ema = copy.deepcopy(model) if a.ema else None
+    ema = EMA(model, a.ema) if a.ema else None
+    # The package's schedule and loss, from the same config fields train reads.
+    cfg = overlay(Config(), {"lr": a.lr, "warmup_steps": a.warmup, "schedule": "cosine"}, "sweep")
     train_set = data.TensorTrainSet(train, 0)
     sharding = data.Sharding(len(train), a.batch)
     rows = torch.arange(a.batch)
@@ -81,27 +83,19 @@ def main() -> None:
         clean = train_set.batch(step, rows, sharding)
         draw = noise.train_draw(0, step // sharding.steps_per_epoch, step, rows)
         noisy = noise.add_noise(name, clean, draw, params)
-        warm = min(1.0, (step + 1) / a.warmup) if a.warmup else 1.0
         for group in optimizer.param_groups:
-            group["lr"] = a.lr * warm * 0.5 * (1 + math.cos(math.pi * step / a.steps))
+            group["lr"] = lr_at(step, cfg, a.steps)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.bf16):
             out = model(noisy)
-        error = (out.float() - clean) ** 2
-        if a.loss == "psnr":  # the mean per-image PSNR itself (up to sign)
-            loss = 10 * torch.log10(error.flatten(1).mean(1) + 1e-8).mean()
-        else:
-            loss = error.mean()
-        loss.backward()
+        LOSSES[a.loss]((out.float() - clean).pow(2).flatten(1).mean(1)).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if ema is not None:
-            decay = min(a.ema, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
+            ema.update(model, step)
         train_s += time.perf_counter() - start
         if (step + 1) % max(1, a.steps // 4) == 0 or step + 1 == a.steps:
-            result, averaged = scores(model), scores(ema) if ema is not None else None
+            result, averaged = scores(model), scores(ema.model) if ema is not None else None
             print(
                 f"{a.tag} step {step + 1} train {train_s:.0f}s {result} ema {averaged}", flush=True
             )
