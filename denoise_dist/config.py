@@ -87,8 +87,13 @@ class ModelConfig:
         "Model: " + "; ".join(f"{name}: {spec.summary}" for name, spec in MODELS.items()) + ".",
         default="unet",
     )
-    width: int = doc("Channels of the first level (unet, conv_ae).", default=32)
+    width: int = doc(
+        "Channels of the first level (unet, conv_ae), or of every layer (dncnn, whose "
+        "default is 64).",
+        default=32,
+    )
     depth: int = doc("Resolution levels of unet (each halves the size).", default=2)
+    layers: int = doc("Convolution layers of dncnn.", default=17)
     dropout: float = doc("Dropout on seed_ae's linear code.", default=0.2)
 
 
@@ -343,6 +348,7 @@ def validate(cfg: Config) -> Config:
         (all(s >= 0 for s in n.eval_sigmas), "eval_sigmas must be >= 0"),
         (m.width >= 1, "width must be >= 1"),
         (1 <= m.depth <= 6, "depth must be in 1..6"),
+        (3 <= m.layers <= 64, "layers must be in 3..64"),
         (0 <= m.dropout < 1, "dropout must be in [0, 1)"),
         (o.lr > 0, f"lr must be > 0, got {o.lr}"),
         (o.weight_decay >= 0, "weight_decay must be >= 0"),
@@ -405,13 +411,21 @@ def config_from_args(args: argparse.Namespace) -> Config:
     file_values = load_yaml(path) if path else {}
     flags = {k: v for k, v in vars(args).items() if k in FIELDS}
     recipe = flags.get("recipe") or overlay(Config(), file_values, str(path)).train.recipe
-    cfg = Config()
+    layers = [(file_values, str(path)), (flags, "command line")]
     if recipe is not None:
         _choice("recipe", recipe, RECIPES)
-        overlay(cfg, RECIPES[recipe].values, f"recipe {recipe}")
-    overlay(cfg, file_values, str(path))
-    overlay(cfg, flags, "command line")
-    return validate(cfg)
+        layers.insert(0, (RECIPES[recipe].values, f"recipe {recipe}"))
+    # The model is known only once every layer is applied; its own defaults go under them.
+    model = _overlay_all(Config(), layers).model.model
+    _choice("model", model, MODELS)
+    cfg = overlay(Config(), MODELS[model].defaults, f"model {model}")
+    return validate(_overlay_all(cfg, layers))
+
+
+def _overlay_all(cfg: Config, layers: list[tuple[dict, str]]) -> Config:
+    for values, source in layers:
+        overlay(cfg, values, source)
+    return cfg
 
 
 def diff(a: Config, b: Config, ignore: frozenset[str] = frozenset()) -> list[str]:

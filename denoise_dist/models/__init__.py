@@ -8,11 +8,12 @@ folder and one entry here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from denoise_dist.models.conv_ae import ConvAE
+from denoise_dist.models.dncnn import DnCNN
 from denoise_dist.models.seed_ae import SeedAE
 from denoise_dist.models.unet import ResUNet
 
@@ -24,6 +25,8 @@ class ModelSpec:
     summary: str
     image_size: int | None = None  # the one square size it takes; None: any size
     takes_draw: bool = False  # forward(x, draw): random layers keyed to the global batch
+    # ModelConfig values this model starts from, under any recipe, YAML or flag.
+    defaults: dict = field(default_factory=dict)
 
     @property
     def fully_convolutional(self) -> bool:
@@ -35,6 +38,12 @@ MODELS: dict[str, ModelSpec] = {
         ResUNet, ("width", "depth"), "residual U-Net that predicts the noise (default)"
     ),
     "conv_ae": ModelSpec(ConvAE, ("width",), "fully convolutional autoencoder"),
+    "dncnn": ModelSpec(
+        DnCNN,
+        ("width", "layers"),
+        "DnCNN (Zhang et al. 2017): 17 conv layers of 64 channels, residual, no batch norm",
+        defaults={"width": 64},
+    ),
     "seed_ae": ModelSpec(
         SeedAE,
         ("dropout",),

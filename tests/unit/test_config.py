@@ -149,3 +149,17 @@ def test_every_recipe_is_a_valid_config():
 
     for name in RECIPES:
         validate(parse("--recipe", name))
+
+
+def test_a_models_own_defaults_sit_under_recipes_yaml_and_flags(tmp_path):
+    assert parse("--model", "dncnn").model.width == 64  # DnCNN's paper width, not unet's 32
+    assert parse().model.width == 32 and parse("--model", "unet").model.width == 32
+    assert parse("--model", "dncnn", "--width", "16").model.width == 16
+    path = tmp_path / "m.yaml"
+    path.write_text("model: dncnn\n")
+    assert parse("--config", str(path)).model.width == 64
+    path.write_text("model: dncnn\nwidth: 24\n")
+    assert parse("--config", str(path)).model.width == 24
+    assert parse("--config", str(path), "--model", "unet").model.width == 24
+    with pytest.raises(ConfigError, match="model must be one of"):
+        parse("--model", "dncn")

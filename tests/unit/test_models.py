@@ -82,3 +82,16 @@ def test_export_round_trip(tmp_path):
     x = torch.rand(2, 1, 28, 28)
     assert torch.equal(loaded(x), model(x))
     assert read_meta(path)["model"] == "unet"
+
+
+def test_dncnn_is_the_papers_network_and_predicts_the_noise():
+    model = build_model("dncnn", **model_kwargs("dncnn", ModelConfig(width=64)))
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 17 and {c.out_channels for c in convs[:-1]} == {64}
+    # Zhang et al.'s DnCNN-S has about 556k weights (without batch norm's 2x64 per layer).
+    assert sum(p.numel() for p in model.parameters()) == 555_137
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    torch.nn.init.zeros_(convs[-1].weight)
+    torch.nn.init.zeros_(convs[-1].bias)
+    x = torch.rand(2, 1, 20, 24)
+    assert torch.equal(model.train()(x), x)  # a zero noise estimate leaves the input as is
