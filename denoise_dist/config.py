@@ -57,6 +57,10 @@ class DataConfig:
         default=None,
     )
     patch_size: int = doc("Side of the random training crops (folder).", default=64)
+    augment: bool = doc(
+        "Flip and rotate each training crop (folder) by one of the 8 symmetries of a square.",
+        default=False,
+    )
     download: bool = doc("Download the dataset if it is missing (needs network).", default=True)
 
 

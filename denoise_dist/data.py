@@ -304,9 +304,14 @@ class CropTrainSet:
     """Random square crops from images of any size, packed into one flat uint8 tensor.
 
     Every valid crop position of every image is equally likely (so larger images give
-    more crops). An epoch is as many crops as the images hold non-overlapping patches."""
+    more crops). An epoch is as many crops as the images hold non-overlapping patches.
+    With `augment`, each crop is also flipped and rotated by one of the 8 symmetries of a
+    square, drawn like its position: 8x the distinct patches at no cost, the usual
+    augmentation for training denoisers on few images."""
 
-    def __init__(self, pictures: list[torch.Tensor], patch: int, seed: int, device):
+    def __init__(
+        self, pictures: list[torch.Tensor], patch: int, seed: int, device, augment: bool = False
+    ):
         self.patch, self.seed, self.device = patch, seed, torch.device(device)
         heights = torch.tensor([p.shape[0] for p in pictures])
         widths = torch.tensor([p.shape[1] for p in pictures])
@@ -327,7 +332,15 @@ class CropTrainSet:
         self.total_positions = int(positions.sum())
         self.num_examples = max(1, int((heights // patch * (widths // patch)).sum()))
         within = torch.arange(patch, device=home)
-        self.patch_rows, self.patch_cols = within.repeat_interleave(patch), within.repeat(patch)
+        rows, cols = within.repeat_interleave(patch), within.repeat(patch)
+        # Where each output pixel of a crop is read from, for each symmetry: [8 or 1, P*P].
+        flip = patch - 1
+        symmetries = [(rows, cols), (rows, flip - cols), (flip - rows, cols),
+                      (flip - rows, flip - cols), (cols, rows), (cols, flip - rows),
+                      (flip - cols, rows), (flip - cols, flip - rows)]  # fmt: skip
+        kept = symmetries if augment else symmetries[:1]
+        self.patch_rows = torch.stack([r for r, _ in kept])
+        self.patch_cols = torch.stack([c for _, c in kept])
 
     def batch(self, step: int, rows: torch.Tensor, sharding: Sharding) -> torch.Tensor:
         rows = rows.to(self.home)
@@ -342,7 +355,9 @@ class CropTrainSet:
         left = local % self.position_widths[image]
         width = self.widths[image]
         start = self.offsets[image] + top * width + left
-        index = start[:, None] + self.patch_rows * width[:, None] + self.patch_cols
+        symmetry = rng.random_bits(rng.subkey(key, 2), rows) % len(self.patch_rows)
+        patch_rows, patch_cols = self.patch_rows[symmetry], self.patch_cols[symmetry]
+        index = start[:, None] + patch_rows * width[:, None] + patch_cols
         crops = self.pixels[index].view(-1, self.patch, self.patch)
         return to_float(crops.to(self.device, non_blocking=True))
 
@@ -366,6 +381,7 @@ def load(
     seed: int,
     device,
     first=None,
+    augment: bool = False,
 ) -> Splits:
     """The splits of `dataset` for training. `first` is a context in which only one
     process runs first (so only one downloads)."""
@@ -374,7 +390,7 @@ def load(
     device = torch.device(device)
     with first() if first is not None else nullcontext():
         if dataset == FOLDER:
-            return _load_folder(root, val_size, patch, seed, device)
+            return _load_folder(root, val_size, patch, seed, device, augment)
         train = load_split(dataset, root, "train", download)
         test = load_split(dataset, root, "test", download)
     train, val = split_train_val(train, DEFAULT_VAL_SIZE if val_size is None else val_size)
@@ -386,7 +402,9 @@ def load(
     )
 
 
-def _load_folder(root: Path, val_size: int | None, patch: int, seed: int, device) -> Splits:
+def _load_folder(
+    root: Path, val_size: int | None, patch: int, seed: int, device, augment: bool
+) -> Splits:
     train_files, val_files = folder_files(root, val_size)
     need = 0
     for path in train_files + val_files:  # from the headers, before any pixel is decoded
@@ -406,7 +424,7 @@ def _load_folder(root: Path, val_size: int | None, patch: int, seed: int, device
         raise DataError(f"{root}: no readable training image at least {patch}x{patch} pixels")
     if not val:
         raise DataError(f"{root}: no readable held-out image at least {patch}x{patch} pixels")
-    train_set = CropTrainSet([p for _, p in train], patch, seed, device)
+    train_set = CropTrainSet([p for _, p in train], patch, seed, device, augment)
     val_crops = fixed_crops([p for _, p in val], patch, VAL_CROPS_PER_IMAGE).to(device)
     return Splits(
         train_set,

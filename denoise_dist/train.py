@@ -307,6 +307,7 @@ class Run:
             truncate_metrics(self.run_dir, self.state.step)
         self.launch = self.announce()
         with self.phases("trackers"):
+                augment=cfg.data.augment,
             self.noise_params = noise.params_of(cfg.noise.noise, cfg.noise)
             name = (
                 cfg.tracking.run_name or f"{cfg.model.model}-{cfg.noise.noise}-{self.state.run_id}"

@@ -93,3 +93,23 @@ def test_validation_split_is_disjoint_and_seed_independent():
     assert torch.equal(split_train_val(images, 20)[1], val)
     with pytest.raises(DataError, match="leaves no training images"):
         split_train_val(images, 100)
+
+
+def test_augmented_crops_are_the_plain_crops_under_all_8_symmetries_of_a_square():
+    from denoise_dist.data import CropTrainSet, Sharding
+
+    pictures = [torch.randint(0, 256, (40, 50), dtype=torch.uint8) for _ in range(3)]
+    plain = CropTrainSet(pictures, 16, seed=7, device="cpu")
+    augmented = CropTrainSet(pictures, 16, seed=7, device="cpu", augment=True)
+    sharding = Sharding(plain.num_examples, 16, 1, 0)  # batch() does not read it
+    rows = torch.arange(256)
+    before, after = plain.batch(3, rows, sharding), augmented.batch(3, rows, sharding)
+    seen = set()
+    for crop, moved in zip(before, after, strict=True):  # same position, one symmetry each
+        images = [crop.rot90(k, (-2, -1)) for k in range(4)]
+        images += [image.flip(-1) for image in images]
+        [which] = [i for i, image in enumerate(images) if torch.equal(image, moved)]
+        seen.add(which)
+    assert seen == set(range(8))  # every symmetry is drawn
+    assert torch.equal(after, augmented.batch(3, rows, sharding))  # a function of the step
+    assert torch.equal(after[100:], augmented.batch(3, rows[100:], sharding))  # and the row
