@@ -108,16 +108,37 @@ def slurm_facts() -> dict:
     }
 
 
-def check_finite(losses: list[float], last_step: int, run_dir: Path) -> None:
-    """Stop at the first NaN/Inf loss of a window, before anything is checkpointed."""
+def check_finite(
+    losses: list[float], last_step: int, run_dir: Path, grad_norms: list[float] | None = None
+) -> None:
+    """Stop at the first NaN/Inf loss or gradient norm of a window, before anything is
+    checkpointed. The loss of step N is computed before step N's update; its gradient norm
+    is what that update applied, so a bad update is caught in the same window."""
     first_step = last_step - len(losses) + 1
-    for offset, loss in enumerate(losses):
-        if not math.isfinite(loss):
-            found = checkpoint.list_checkpoints(run_dir)
+    norms = grad_norms if grad_norms is not None else [0.0] * len(losses)
+    for offset, (loss, norm) in enumerate(zip(losses, norms, strict=True)):
+        what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", norm)
+        if not math.isfinite(value):
             raise TrainingDiverged(
-                f"loss became {loss} at step {first_step + offset}; last good checkpoint: "
-                f"{found[0] if found else 'none'}"
+                f"{what} became {value} at step {first_step + offset}; last good "
+                f"checkpoint: {last_checkpoint_name(run_dir)}"
             )
+
+
+def last_checkpoint_name(run_dir: Path) -> str:
+    found = checkpoint.list_checkpoints(run_dir)
+    return str(found[0]) if found else "none"
+
+
+def check_weights_finite(accelerator, models: list[torch.nn.Module], step: int, run_dir: Path):
+    """Refuse to checkpoint non-finite weights (model or EMA), on every rank together."""
+    tensors = [t for m in models for t in m.state_dict().values() if t.is_floating_point()]
+    bad = torch.stack([~torch.isfinite(t).all() for t in tensors]).sum().float()  # no sync yet
+    if accelerator.reduce(bad.to(accelerator.device), "sum").item():
+        raise TrainingDiverged(
+            f"the weights became non-finite at step {step}; not checkpointed. Last good "
+            f"checkpoint: {last_checkpoint_name(run_dir)}"
+        )
 
 
 def process_age_s() -> float | None:
@@ -286,6 +307,7 @@ class Run:
                 cfg.train.seed,
                 self.device,
                 accelerator.main_process_first,
+                augment=cfg.data.augment,
             )
         self.sharding = data.Sharding(
             self.splits.train.num_examples,
@@ -307,7 +329,6 @@ class Run:
             truncate_metrics(self.run_dir, self.state.step)
         self.launch = self.announce()
         with self.phases("trackers"):
-                augment=cfg.data.augment,
             self.noise_params = noise.params_of(cfg.noise.noise, cfg.noise)
             name = (
                 cfg.tracking.run_name or f"{cfg.model.model}-{cfg.noise.noise}-{self.state.run_id}"
@@ -415,7 +436,10 @@ class Run:
         """One sync per window: the global mean loss per step, checked for NaN/Inf, then
         logged. Returns the last step's loss."""
         losses = self.accelerator.reduce(torch.stack(window), "mean").tolist()
-        check_finite([loss for loss, _ in losses], step, self.run_dir)
+        # fp16's loss scaler skips the update of a step whose gradients overflowed: there
+        # a non-finite gradient norm is expected, and the weights are checked before saving.
+        norms = [g for _, g in losses] if self.accelerator.scaler is None else None
+        check_finite([loss for loss, _ in losses], step, self.run_dir, norms)
         self.phases.seconds["training"] += elapsed
         self.state.train_time_s += elapsed
         record = {
@@ -473,6 +497,8 @@ class Run:
         return metrics
 
     def save(self, step: int) -> None:
+        models = [self.module] + ([self.ema.model] if self.ema is not None else [])
+        check_weights_finite(self.accelerator, models, step, self.run_dir)
         self.state.step = step
         extra = {EMA_FILE: self.ema.state_dict()} if self.ema is not None else None
         with self.phases("checkpoints"):

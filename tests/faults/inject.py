@@ -2,6 +2,8 @@
 
     python tests/faults/inject.py nan-at-step=7 train --output-dir ...
 
+Run under `accelerate launch`, a fault written `name=step@rank` strikes that rank only.
+
 The package has no test hooks: faults are monkeypatched in here, before the CLI runs.
 """
 
@@ -29,6 +31,48 @@ def nan_at_step(bad_step: int) -> None:
         return noisy * float("nan") if current.get("step") == bad_step - 1 else noisy
 
     denoise_dist.noise.train_draw, denoise_dist.noise.add_noise = draw, poisoned
+
+
+def step_tracker() -> dict:
+    """{"step": the 1-based step in progress}, kept current by wrapping the noise draw."""
+    real_draw, current = denoise_dist.noise.train_draw, {"step": 0}
+
+    def draw(seed, epoch, step, rows):
+        current["step"] = step + 1
+        return real_draw(seed, epoch, step, rows)
+
+    denoise_dist.noise.train_draw = draw
+    return current
+
+
+def nan_grad_at_step(bad_step: int) -> None:
+    """NaN gradients at one step with a finite loss, as an overflow in backward would give;
+    under DDP they reach every rank through the gradient all-reduce."""
+    from accelerate import Accelerator
+
+    current, real_backward = step_tracker(), Accelerator.backward
+
+    def backward(self, loss, **kwargs):
+        if current["step"] == bad_step:
+            loss = loss * float("nan")
+        return real_backward(self, loss, **kwargs)
+
+    Accelerator.backward = backward
+
+
+def nan_weights_at_step(bad_step: int) -> None:
+    """One weight becomes NaN in the update of one step, with a finite loss and gradient
+    norm: only a check of the weights themselves can catch it."""
+    current, real_step = step_tracker(), torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        result = real_step(self, *args, **kwargs)
+        if current["step"] == bad_step:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].view(-1)[0] = float("nan")
+        return result
+
+    torch.optim.Adam.step = step
 
 
 def enospc_at_checkpoint(nth: int) -> None:
@@ -69,11 +113,15 @@ def stall_in_checkpoint(nth: int) -> None:
 
 FAULTS = {
     "nan-at-step": nan_at_step,
+    "nan-grad-at-step": nan_grad_at_step,
+    "nan-weights-at-step": nan_weights_at_step,
     "enospc-at-checkpoint": enospc_at_checkpoint,
     "stall-in-checkpoint": stall_in_checkpoint,
 }
 
 if __name__ == "__main__":
     name, value = sys.argv[1].split("=")
-    FAULTS[name](int(value))
+    value, _, rank = value.partition("@")
+    if not rank or int(rank) == int(os.environ.get("RANK", "0")):
+        FAULTS[name](int(value))
     sys.exit(main(sys.argv[2:]))

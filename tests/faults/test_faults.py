@@ -16,7 +16,16 @@ import torch
 
 from denoise_dist.checkpoint import verify, write_manifest
 from denoise_dist.tracking import read_metrics as metrics
-from tests.helpers import REPO, assert_same_weights, final_weights, require, run_cli, tiny_args
+from tests.helpers import (
+    CONFIGS,
+    REPO,
+    assert_same_weights,
+    final_weights,
+    launch,
+    require,
+    run_cli,
+    tiny_args,
+)
 
 pytestmark = pytest.mark.integration
 INJECT = str(Path(__file__).with_name("inject.py"))
@@ -179,6 +188,48 @@ def test_nan_loss_stops_at_that_step_and_keeps_the_last_good_checkpoint(mnist_ro
     checkpoints = [p.name for p in (run / "checkpoints").iterdir()]
     assert checkpoints == ["step_00000010"]
     assert all(torch.isfinite(t).all() for t in final_weights(run, 10).values())
+
+
+def assert_stopped_before_checkpointing(run: Path, result, message: str) -> None:
+    """Training stopped with `message`, naming step 5's checkpoint, the only one on disk
+    (the fault struck at checkpoint step 10), whose weights are finite."""
+    assert result.returncode == 1, result.stderr
+    # The package's error is one line; `accelerate launch` adds its own traceback after it.
+    assert message in result.stderr.split("Traceback")[0], result.stderr
+    assert "last good checkpoint" in result.stderr.lower() and "step_00000005" in result.stderr
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step_00000005"]
+    assert all(torch.isfinite(t).all() for t in final_weights(run, 5).values())
+
+
+def test_nan_gradients_at_a_checkpoint_step_are_never_saved(mnist_root, tmp_path):
+    """The loss of step 10 is finite (computed before its update); the gradient norm is not."""
+    run = tmp_path / "run"
+    result = inject("nan-grad-at-step=10", *tiny_args(run, "--checkpoint-every", "5"))
+    assert_stopped_before_checkpointing(run, result, "gradient norm became nan at step 10")
+
+
+def test_nan_gradients_on_one_rank_of_two_are_never_saved(mnist_root, tmp_path):
+    run = tmp_path / "run"
+    flags = [f for f in tiny_args(run, "--checkpoint-every", "5") if f != "--cpu"]
+    result = launch(
+        ["--config_file", str(CONFIGS / "cpu_ddp.yaml")],
+        INJECT,
+        ["nan-grad-at-step=10@1", "train", *flags],
+        timeout=240,
+    )
+    assert_stopped_before_checkpointing(run, result, "gradient norm became nan at step 10")
+
+
+def test_weights_that_turn_nan_with_a_finite_loss_and_gradient_are_never_saved(
+    mnist_root, tmp_path
+):
+    """EMA on: both the model and its average are checked before a save."""
+    run = tmp_path / "run"
+    flags = tiny_args(run, "--checkpoint-every", "5", "--ema-decay", "0.9")
+    result = inject("nan-weights-at-step=10", *flags)
+    assert_stopped_before_checkpointing(
+        run, result, "the weights became non-finite at step 10; not checkpointed"
+    )
 
 
 def test_checkpoint_from_another_model_names_the_differing_fields(mnist_root, tmp_path):

@@ -40,6 +40,12 @@ def test_check_finite_names_the_first_bad_step(tmp_path):
         check_finite([0.1, float("nan"), float("inf")], last_step=10, run_dir=tmp_path)
 
 
+def test_check_finite_also_checks_the_gradient_norm(tmp_path):
+    check_finite([0.1, 0.2], last_step=10, run_dir=tmp_path, grad_norms=[1.0, 2.0])
+    with pytest.raises(TrainingDiverged, match="gradient norm became inf at step 10"):
+        check_finite([0.1, 0.2], last_step=10, run_dir=tmp_path, grad_norms=[1.0, math.inf])
+
+
 def test_a_restarted_job_is_recognised():
     assert not restarted({})
     assert not restarted({"SLURM_RESTART_COUNT": "0"})
