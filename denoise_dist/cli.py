@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from denoise_dist import train
-from denoise_dist.commands import denoise, evaluate
+from denoise_dist.commands import denoise, env, evaluate
 from denoise_dist.config import config_from_args
 from denoise_dist.errors import one_line_warnings, run_command
 
@@ -18,6 +18,7 @@ COMMANDS = {
     "train": "Train a denoiser (under accelerate launch for several processes).",
     "evaluate": "PSNR/SSIM over noise levels, against classical denoisers.",
     "denoise": "Denoise your own image files with a trained model.",
+    "env": "Print versions, devices, data and Accelerate config for a bug report.",
 }
 
 
@@ -27,6 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.build_parser(commands.add_parser("train", help=COMMANDS["train"]))
     evaluate.add_arguments(commands.add_parser("evaluate", help=COMMANDS["evaluate"]))
     denoise.add_arguments(commands.add_parser("denoise", help=COMMANDS["denoise"]))
+    env.add_arguments(commands.add_parser("env", help=COMMANDS["env"]))
     return parser
 
 
@@ -35,6 +37,8 @@ def run(args: argparse.Namespace) -> None:
         train.train(config_from_args(args))
     elif args.command == "evaluate":
         evaluate.evaluate(args)
+    elif args.command == "env":
+        env.env(args)
     else:
         denoise.denoise(args)
 
