@@ -192,8 +192,26 @@ def load_tensors(path: Path, device) -> dict | None:
 
 def load_checkpoint(accelerator, folder: Path) -> dict:
     """Restore model, optimizer and RNG states in place; return our training state."""
-    problem = verify(folder)
+    problem = verify(folder) or unsafe_pickle(folder)
     if problem:
         raise CheckpointError(f"cannot resume from {folder}: {problem}")
     accelerator.load_state(str(folder))
     return read_state(folder)
+
+
+PICKLED = (".bin", ".pkl", ".pt")
+
+
+def unsafe_pickle(folder: Path) -> str | None:
+    """What is wrong with the first pickled file that torch's weights-only unpickler (with
+    Accelerate's allow-list, as `load_state` uses) refuses, or None. Checked here because
+    `load_state` swallows any error loading the RNG-state files and resumes without them."""
+    from accelerate.utils import load
+
+    for path in sorted(p for p in folder.iterdir() if p.suffix in PICKLED):
+        try:
+            load(str(path), map_location="cpu")
+        except Exception as e:  # UnpicklingError, or anything a crafted file raises
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return f"{path.name} is not a plain tensor file; refused to unpickle it ({reason})"
+    return None

@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -251,18 +252,36 @@ class Exploit:
         return (os.system, (f"touch {Exploit.marker}",))
 
 
-def test_a_pickle_planted_in_a_checkpoint_is_never_executed(mnist_root, tmp_path):
+@pytest.fixture(scope="module")
+def five_step_run(mnist_root, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("five_steps") / "run"
+    result = run_cli("train", *tiny_args(run, "--max-steps", "5"))
+    assert result.returncode == 0, result.stderr
+    return run
+
+
+def test_an_untouched_checkpoint_resumes(five_step_run, tmp_path):
+    """The control for the planted pickles below: the same resume succeeds unplanted."""
     run = tmp_path / "run"
-    args = tiny_args(run, "--max-steps", "5")
-    assert run_cli("train", *args).returncode == 0
+    shutil.copytree(five_step_run, run)
+    result = run_cli("train", *tiny_args(run, "--max-steps", "10"))
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout and "at step 5" in result.stdout
+
+
+@pytest.mark.parametrize("planted", ["optimizer.bin", "random_states_0.pkl"])
+def test_a_pickle_planted_in_a_checkpoint_is_never_executed(five_step_run, tmp_path, planted):
+    """Each file alone (Accelerate would swallow an error loading the RNG states)."""
+    run = tmp_path / "run"
+    shutil.copytree(five_step_run, run)
     checkpoint = run / "checkpoints" / "step_00000005"
     Exploit.marker = tmp_path / "pwned"
-    for name in ["optimizer.bin", "random_states_0.pkl"]:
-        (checkpoint / name).write_bytes(pickle.dumps({"state": Exploit()}))
+    (checkpoint / planted).write_bytes(pickle.dumps({"state": Exploit()}))
     write_manifest(checkpoint)  # the attacker also fixes the manifest
     result = run_cli("train", *tiny_args(run, "--max-steps", "10"))
     assert not Exploit.marker.exists(), "checkpoint loading executed a pickle"
     assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{planted} is not a plain tensor file; refused to unpickle it" in result.stderr
 
 
 def test_no_secret_reaches_the_run_folder_and_nothing_is_world_writable(mnist_root, tmp_path):
