@@ -108,16 +108,29 @@ def newest_checkpoint_step(run: Path) -> int:
     return max(steps, default=0)
 
 
+def checkpoint_names(run: Path) -> list[str]:
+    return sorted(p.name for p in (run / "checkpoints").iterdir())
+
+
 def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one(reference_run, tmp_path):
+    """One byte flipped at the same size, so only the SHA-256 comparison can catch it;
+    --keep-checkpoints 3 keeps the newest three."""
     run = tmp_path / "run"
     args = tiny_args(run, "--checkpoint-every", "5", "--keep-checkpoints", "3")
     assert run_cli("train", *args, "--max-steps", "20").returncode == 0
+    assert checkpoint_names(run) == ["step_00000010", "step_00000015", "step_00000020"]
     newest = run / "checkpoints" / "step_00000020" / "model.safetensors"
-    newest.write_bytes(newest.read_bytes()[:100])  # truncated, as by a dying disk
+    corrupted = bytearray(newest.read_bytes())
+    corrupted[len(corrupted) // 2] ^= 0x01  # a weight's bit, as a bad disk or copy would flip
+    newest.write_bytes(bytes(corrupted))
     result = run_cli("train", *args, "--max-steps", "40")
     assert result.returncode == 0, result.stderr
-    assert "skipping corrupt checkpoint" in result.stderr and "step_00000020" in result.stderr
+    assert (
+        "skipping corrupt checkpoint" in result.stderr
+        and "step_00000020: model.safetensors does not match its checksum" in result.stderr
+    )
     assert "resumed from" in result.stdout and "at step 15" in result.stdout
+    assert checkpoint_names(run) == ["step_00000030", "step_00000035", "step_00000040"]
     assert_same_weights(final_weights(run, 40), final_weights(reference_run, 40))
 
 

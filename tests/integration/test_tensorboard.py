@@ -1,6 +1,7 @@
 """A real run reporting to TensorBoard, read back with TensorBoard's own event reader."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -51,11 +52,17 @@ def test_tensorboard_gets_the_scalars_grids_and_config_beside_wandb(mnist_root, 
 
 
 def test_a_resumed_run_continues_its_tensorboard_curves_without_repeats(mnist_root, tmp_path):
+    """The newest checkpoint is deleted first, so the resume replays steps 6-10, which
+    the first run had already logged: TensorBoard must show each step once."""
     run = tmp_path / "run"
-    first = run_cli("train", *tiny_args(run, "--report-to", "tensorboard", "--max-steps", "10"))
+    flags = ["--report-to", "tensorboard", "--checkpoint-every", "5"]
+    first = run_cli("train", *tiny_args(run, *flags, "--max-steps", "10"))
     assert first.returncode == 0, first.stderr
-    second = run_cli("train", *tiny_args(run, "--report-to", "tensorboard"))
+    shutil.rmtree(run / "checkpoints" / "step_00000010")
+    second = run_cli("train", *tiny_args(run, *flags))
     assert second.returncode == 0, second.stderr
+    assert "resumed from" in second.stdout and "at step 5" in second.stdout
     run_id = json.loads((run / "summary.json").read_text())["run_id"]
     reader = event_accumulator(run / "tensorboard" / run_id)
     assert [e.step for e in reader.Scalars("train/loss")] == [5, 10, 15, 20]
+    assert [e.step for e in reader.Scalars("val/psnr")] == [10, 20]
