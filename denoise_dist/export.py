@@ -7,6 +7,7 @@ nothing but the file: no pickle, no accelerate, no training config.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 
 from denoise_dist.atomic import atomic_write, atomic_write_text
 from denoise_dist.errors import UserError
-from denoise_dist.models import build_model
+from denoise_dist.models import MODELS, build_model
 
 BEST_MODEL = "best_model.safetensors"
 META_KEY = "denoise_dist"
@@ -40,17 +41,63 @@ def resolve_model_path(path: str | Path) -> Path:
 
 
 def read_meta(path: str | Path) -> dict:
+    """The file's metadata, checked against its tensors before anything is allocated."""
     from safetensors import safe_open
 
     path = resolve_model_path(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
+            shapes = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
     except Exception as e:  # safetensors raises its own error types for bad headers
         raise UserError(f"{path} is not a readable safetensors file: {e}") from None
     if META_KEY not in header:
         raise UserError(f"{path} was not written by denoise-dist (no model metadata)")
-    return json.loads(header[META_KEY])
+    try:
+        meta = json.loads(header[META_KEY])
+        check_meta(meta, shapes)
+    except json.JSONDecodeError as e:
+        raise UserError(
+            f"{path} is not a valid model file: its metadata is not JSON ({e})"
+        ) from None
+    except UserError as e:
+        raise UserError(f"{path} is not a valid model file: {e}") from None
+    return meta
+
+
+def check_meta(meta: dict, shapes: dict[str, list[int]]) -> None:
+    """Check the metadata with the config's own validation, then build the model on the
+    meta device (shapes only, no memory) and compare its tensors with the file's: the file
+    then bounds what loading allocates, whatever width its metadata names."""
+    from denoise_dist.config import Config, from_dict, overlay, validate
+
+    if not isinstance(meta, dict) or not isinstance(meta.get("model_kwargs"), dict):
+        raise UserError("its metadata has no model_kwargs mapping")
+    name, kwargs = meta.get("model"), meta["model_kwargs"]
+    if not isinstance(name, str) or name not in MODELS:
+        raise UserError(f"it names model {name!r}, not one of {', '.join(MODELS)}")
+    unexpected = sorted(set(kwargs) - set(MODELS[name].fields))
+    if unexpected:
+        takes = ", ".join(MODELS[name].fields)
+        raise UserError(f"{name} takes {takes}, not {', '.join(unexpected)}")
+    validate(overlay(Config(), {"model": name, **kwargs}, "model_kwargs"))
+    if not isinstance(meta.get("config", {}), dict):
+        raise UserError("its metadata's config is not a mapping")
+    from_dict(meta.get("config", {}))
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in build_model(name, **kwargs).state_dict().items()}
+    problems = [f"{k} missing" for k in expected if k not in shapes]
+    problems += [f"unexpected {k}" for k in shapes if k not in expected]
+    problems += [
+        f"{k} is {shapes[k]}, not {v}" for k, v in expected.items() if shapes.get(k, v) != v
+    ]
+    if problems:
+        count = sum(math.prod(v) for v in expected.values())
+        raise UserError(
+            f"its tensors do not fit {name}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) "
+            f"with {count:,} parameters: {'; '.join(problems[:3])}"
+            + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+        )
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
