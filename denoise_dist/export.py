@@ -69,7 +69,7 @@ def check_meta(meta: dict, shapes: dict[str, list[int]]) -> None:
     """Check the metadata with the config's own validation, then build the model on the
     meta device (shapes only, no memory) and compare its tensors with the file's: the file
     then bounds what loading allocates, whatever width its metadata names."""
-    from denoise_dist.config import Config, from_dict, overlay, validate
+    from denoise_dist.config import Config, overlay, validate
 
     if not isinstance(meta, dict) or not isinstance(meta.get("model_kwargs"), dict):
         raise UserError("its metadata has no model_kwargs mapping")
@@ -81,9 +81,8 @@ def check_meta(meta: dict, shapes: dict[str, list[int]]) -> None:
         takes = ", ".join(MODELS[name].fields)
         raise UserError(f"{name} takes {takes}, not {', '.join(unexpected)}")
     validate(overlay(Config(), {"model": name, **kwargs}, "model_kwargs"))
-    if not isinstance(meta.get("config", {}), dict):
+    if not isinstance(meta.get("config", {}), dict):  # evaluate reads it; loading does not
         raise UserError("its metadata's config is not a mapping")
-    from_dict(meta.get("config", {}))
     with torch.device("meta"):
         expected = {k: list(v.shape) for k, v in build_model(name, **kwargs).state_dict().items()}
     problems = [f"{k} missing" for k in expected if k not in shapes]

@@ -55,7 +55,7 @@ BAD_FILES = [
     ("missing_tensor", json.dumps(GOOD), lambda: without_first(weights()), "missing"),
     ("wrong_shape", json.dumps(GOOD), lambda: with_first_reshaped(weights()), "[5, 1, 3, 3], not"),
     ("no_kwargs", json.dumps({"model": "unet"}), weights, "no model_kwargs mapping"),
-    ("bad_config", json.dumps({**GOOD, "config": {"sigma": -1}}), weights, "sigma must be >= 0"),
+    ("config_not_a_mapping", json.dumps({**GOOD, "config": [1]}), weights, "config is not a"),
 ]
 
 
