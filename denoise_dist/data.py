@@ -210,13 +210,54 @@ def fixed_crops(images: list[torch.Tensor], size: int, per_image: int) -> torch.
 
 
 def bytes_available(device: torch.device) -> int:
-    """Free memory where `device`'s tensors live (host memory for the CPU)."""
+    """Free memory where `device`'s tensors live: for the CPU, the host's free memory or
+    what this job's cgroup (SLURM's --mem, a container's limit) still allows, if less."""
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 2**63
+        host = 2**63
+    cgroup = cgroup_memory_free()
+    return host if cgroup is None else min(host, cgroup)
+
+
+CGROUP_NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a huge number (2**63 - a page)
+
+
+def cgroup_memory_free(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """Bytes this process's cgroup and every cgroup above it still allow (limit minus
+    usage, the tightest), or None where none sets a limit. cgroup v2 and v1."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: memory.max / memory.current
+            base, limit_file, usage_file = root, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            base = root / "memory"
+            limit_file, usage_file = "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        free = []
+        folder = base / path.lstrip("/")
+        while True:
+            try:
+                limit = (folder / limit_file).read_text().strip()
+                if limit != "max" and int(limit) < CGROUP_NO_LIMIT:
+                    free.append(int(limit) - int((folder / usage_file).read_text()))
+            except (OSError, ValueError):
+                pass  # not mounted here, or not readable: no limit known at this level
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+        if free:
+            return max(0, min(free))
+    return None
 
 
 # --- training sets ----------------------------------------------------------------------
@@ -388,9 +429,9 @@ def load(
     from contextlib import nullcontext
 
     device = torch.device(device)
+    if dataset == FOLDER:  # nothing to download: every process reads at once, and none
+        return _load_folder(root, val_size, patch, seed, device, augment)  # waits meanwhile
     with first() if first is not None else nullcontext():
-        if dataset == FOLDER:
-            return _load_folder(root, val_size, patch, seed, device, augment)
         train = load_split(dataset, root, "train", download)
         test = load_split(dataset, root, "test", download)
     train, val = split_train_val(train, DEFAULT_VAL_SIZE if val_size is None else val_size)
@@ -413,10 +454,14 @@ def _load_folder(
             need += height * width
         except image_files.BadImage:
             pass  # read_folder_images names it
-    if need > bytes_available(torch.device("cpu")):
+    # Every process on this machine reads the whole folder into host memory at once.
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    free = bytes_available(torch.device("cpu"))
+    if need * processes > free:
+        each = f" for each of {processes} processes on this machine" if processes > 1 else ""
         raise DataError(
-            f"{root} holds {need / 2**30:.1f} GiB of pixels, more than this machine's free "
-            f"memory; train on a subset of the folder"
+            f"{root} holds {need / 2**30:.1f} GiB of pixels{each}, more than the "
+            f"{free / 2**30:.1f} GiB of memory free to this job; train on a subset of the folder"
         )
     train = read_folder_images(train_files, min_size=patch)
     val = read_folder_images(val_files, min_size=patch)
