@@ -147,6 +147,12 @@ class TrainConfig:
         f"{COMPILE_AUTO_MIN_STEPS} steps, where compiling (about 10 s) pays for itself.",
         default=None,
     )
+    cuda_graph: bool = doc(
+        "Experimental, never yet run on a GPU: capture the whole training step as one CUDA "
+        "graph and replay it (one process only). On a CPU the same capture-safe step runs "
+        "eagerly.",
+        default=False,
+    )
     deterministic: bool = doc(
         "Deterministic algorithms (cuDNN, cuBLAS): bit-exact resume on a GPU, a little slower.",
         default=False,
@@ -374,6 +380,11 @@ def validate(cfg: Config) -> Config:
             f"batch_size {t.batch_size} must divide by grad_accum {o.grad_accum}",
         ),
     ]
+        (
+            not t.cuda_graph or d.dataset != FOLDER,
+            "--cuda-graph supports MNIST-style datasets only, not folders (their crops are "
+            "keyed on the host); drop --cuda-graph",
+        ),
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -101,18 +101,40 @@ def check_one_group(world_size: int, environ=None) -> None:
         )
 
 
-def make_accelerator(cpu: bool, mixed_precision: str, dist_timeout_s: int):
-    """The training processes' Accelerator, after the checks above."""
+def make_accelerator(cpu: bool, mixed_precision: str, dist_timeout_s: int, cuda_graph=False):
+    """The training processes' Accelerator, after the checks above (and, with
+    --cuda-graph, `check_graphable`)."""
     from accelerate import Accelerator, InitProcessGroupKwargs
+    from accelerate.utils import AutocastKwargs
 
     cpu = use_cpu(cpu)
     check_gpu_count(cpu)
-    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=dist_timeout_s))
+    handlers: list = [InitProcessGroupKwargs(timeout=timedelta(seconds=dist_timeout_s))]
+    if cuda_graph:  # autocast's weight-cast cache must not outlive a graph capture
+        handlers.append(AutocastKwargs(cache_enabled=False))
     accelerator = Accelerator(
-        cpu=cpu, mixed_precision=PRECISION_TO_ACCELERATE[mixed_precision], kwargs_handlers=[timeout]
+        cpu=cpu, mixed_precision=PRECISION_TO_ACCELERATE[mixed_precision], kwargs_handlers=handlers
     )
     check_one_group(accelerator.num_processes)
+    if cuda_graph:
+        check_graphable(accelerator.num_processes, accelerator.scaler is not None)
     return accelerator
+
+
+def check_graphable(world_size: int, loss_scaler: bool) -> None:
+    """--cuda-graph runs one process: capturing NCCL's all-reduce under DDP has traps
+    (DDP's warm-up, gradient bucket views, the NCCL watchdog) that no test has covered;
+    and fp16's loss scaler asks the host each step whether to skip it."""
+    if world_size > 1:
+        raise ConfigError(
+            f"--cuda-graph runs on one process only, not {world_size}; multi-process runs "
+            f"keep the compiled step (--compile): drop --cuda-graph"
+        )
+    if loss_scaler:
+        raise ConfigError(
+            "--cuda-graph cannot run fp16's loss scaler (it syncs every step); "
+            "use --mixed-precision bf16 or fp32"
+        )
 
 
 def compile_wanted(asked: bool | None, device: torch.device, total_steps: int) -> bool:
@@ -123,14 +145,15 @@ def compile_wanted(asked: bool | None, device: torch.device, total_steps: int) -
     return device.type == "cuda" and total_steps >= COMPILE_AUTO_MIN_STEPS
 
 
-def compile_model(model, device: torch.device):
+def compile_model(model, device: torch.device, cudagraphs: bool = True):
     """torch.compile as Accelerate's dynamo settings would (after DDP wrapping): CUDA
-    graphs ("reduce-overhead") on a GPU, plain inductor on a CPU."""
+    graphs ("reduce-overhead") on a GPU, plain inductor on a CPU, or with
+    cudagraphs=False (--cuda-graph captures the whole step itself)."""
     from accelerate.utils import TorchDynamoPlugin, is_compiled_module
 
     if is_compiled_module(model):  # the launcher's config already asked Accelerate to
         return model
-    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    mode = "reduce-overhead" if device.type == "cuda" and cudagraphs else "default"
     return torch.compile(model, **TorchDynamoPlugin(backend="inductor", mode=mode).to_kwargs())
 
 

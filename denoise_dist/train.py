@@ -39,7 +39,7 @@ from denoise_dist.inference import denoise_batched
 from denoise_dist.metrics import means, quality_sums
 from denoise_dist.models import build_model, model_kwargs
 from denoise_dist.preempt import PREEMPTED_EXIT_CODE, StopRequest
-from denoise_dist.step import EMA, TrainStep, lr_at, make_optimizer
+from denoise_dist.step import EMA, graph_mode, lr_at, make_optimizer, make_train_step
 from denoise_dist.trackers import RunInfo
 from denoise_dist.tracking import Tracker, read_metrics, truncate_metrics
 
@@ -289,7 +289,10 @@ class Run:
             torch.backends.cudnn.benchmark = False
         with self.phases("accelerator"):
             self.accelerator = accelerator = runtime.make_accelerator(
-                cfg.train.cpu, cfg.train.mixed_precision, cfg.train.dist_timeout
+                cfg.train.cpu,
+                cfg.train.mixed_precision,
+                cfg.train.dist_timeout,
+                cfg.train.cuda_graph,
             )
         from rich.console import Console
 
@@ -371,7 +374,9 @@ class Run:
         optimizer = make_optimizer(cfg, model, self.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.compiled:
-            self.model = runtime.compile_model(self.model, self.device)
+            self.model = runtime.compile_model(
+                self.model, self.device, cudagraphs=not cfg.train.cuda_graph
+            )
         # Evaluated and exported without DDP or torch.compile (evaluation shapes differ).
         self.module = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
@@ -416,7 +421,8 @@ class Run:
             f"distributed={launch['distributed_type']} world_size={launch['world_size']} "
             f"device={device} precision={precision} compiled={'yes' if self.compiled else 'no'} "
             f"batch={cfg.train.batch_size} global / "
-            f"{self.sharding.micro_batch} per process x {cfg.optim.grad_accum} accumulation",
+            f"{self.sharding.micro_batch} per process x {cfg.optim.grad_accum} accumulation"
+            + (f" cuda_graph={launch['cuda_graph']}" if cfg.train.cuda_graph else ""),
             soft_wrap=True,
         )
         self.console.print(self.splits.description, soft_wrap=True)
@@ -431,6 +437,7 @@ class Run:
     def scored_model(self) -> torch.nn.Module:
         """What is evaluated and exported: the EMA weights when there are any."""
         return self.ema.model if self.ema is not None else self.module
+            "cuda_graph": graph_mode(cfg, device),
 
     def log_window(self, window: list[torch.Tensor], step: int, elapsed: float) -> float:
         """One sync per window: the global mean loss per step, checked for NaN/Inf, then
@@ -559,7 +566,7 @@ def train(cfg: Config) -> dict:
     os.umask(os.umask(0) | 0o002)  # the run folder is never world-writable, whatever the umask
     run = Run(cfg)
     t = cfg.train
-    train_step = TrainStep(
+    train_step = make_train_step(
         cfg,
         run.accelerator,
         run.model,
