@@ -11,11 +11,11 @@ import torch
 from PIL import Image
 
 from denoise_dist import classical, data, load_model
-from denoise_dist.commands.evaluate import METHODS, NUM_HARDEST
+from denoise_dist.commands.evaluate import BUILTIN_METHODS, NUM_HARDEST
 from denoise_dist.config import NoiseConfig
 from denoise_dist.noise import AMOUNTS, fixed_noisy
 from tests.helpers import CONFIGS, run_cli, tiny_args
-from tests.unit.test_classical import numpy_blur, numpy_median3x3
+from tests.unit.test_classical import direct, extra_installed, numpy_blur, numpy_median3x3
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,10 @@ def evaluate(*args, **kwargs):
 
 def test_numbers_match_an_independent_numpy_computation(tiny_run, mnist_root, tmp_path):
     out = tmp_path / "eval"
-    result = evaluate(tiny_run, "--sigmas", "0.2", "0.5", "--max-images", N_IMAGES, "--out", out)
+    result = evaluate(
+        tiny_run, "--sigmas", "0.2", "0.5", "--max-images", N_IMAGES, "--out", out,
+        "--baselines", "builtin",
+    )  # fmt: skip
     report = json.loads((out / "eval.json").read_text())
     assert report["num_images"] == N_IMAGES and report["world_size"] == 1
     assert [row["sigma"] for row in report["results"]] == [0.2, 0.5]
@@ -76,7 +79,7 @@ def test_numbers_match_an_independent_numpy_computation(tiny_run, mnist_root, tm
             "gaussian_blur": per_image_psnr(numpy_blur(noisy, row["blur_width"]), clean),
             "median3x3": per_image_psnr(numpy_median3x3(noisy), clean),
         }
-        for method in METHODS:
+        for method in BUILTIN_METHODS:
             assert row[method]["psnr"] == pytest.approx(
                 expected[method].mean(), abs=PSNR_ATOL_DB
             ), method
@@ -96,7 +99,9 @@ def test_numbers_match_an_independent_numpy_computation(tiny_run, mnist_root, tm
 
 def test_blur_width_is_tuned_on_the_validation_split(tiny_run, mnist_root, tmp_path):
     out = tmp_path / "eval"
-    evaluate(tiny_run, "--sigmas", "0.4", "--max-images", 50, "--out", out)
+    evaluate(
+        tiny_run, "--sigmas", "0.4", "--max-images", 50, "--out", out, "--baselines", "builtin"
+    )
     width = json.loads((out / "eval.json").read_text())["results"][0]["blur_width"]
     val_size = json.loads((tiny_run / "config.json").read_text())["data"]["val_size"]
     train_images = data.load_split("mnist", mnist_root, "train", download=False)
@@ -126,9 +131,12 @@ def launch_two_processes(*args):
 
 
 def test_two_processes_report_the_same_numbers_as_one(tiny_run, tmp_path):
-    # 201 images do not split evenly: every image must still count exactly once. No --cpu:
-    # on a machine without a GPU, the config named for the case just works.
+    # 201 images do not split evenly: every image must still count exactly once, for the
+    # model and for each classical baseline (capped or not). No --cpu: on a machine
+    # without a GPU, the config named for the case just works.
     args = ["--sigmas", "0.3", "0.6", "--max-images", "201"]
+    args += ["--baselines", "builtin", "nl_means", "tv", "wavelet"]
+    args += ["--max-baseline-images", "nl_means=7"]
     evaluate(tiny_run, *args, "--out", tmp_path / "one")
     two = launch_two_processes(tiny_run, *args, "--out", tmp_path / "two")
     assert two.returncode == 0, two.stderr
@@ -136,20 +144,155 @@ def test_two_processes_report_the_same_numbers_as_one(tiny_run, tmp_path):
     both = json.loads((tmp_path / "two" / "eval.json").read_text())
     assert (one["world_size"], both["world_size"]) == (1, 2)
     assert both["num_images"] == 201
+    assert one["methods"] == both["methods"] == [*BUILTIN_METHODS, "nl_means", "tv", "wavelet"]
     for row_one, row_two in zip(one["results"], both["results"], strict=True):
         assert row_one["blur_width"] == row_two["blur_width"]
-        for method in METHODS:
+        assert row_one["tv_weight_factor"] == row_two["tv_weight_factor"]
+        assert row_two["nl_means"]["images"] == 7 and row_two["tv"]["images"] == 201
+        for method in one["methods"]:
             for metric in ("psnr", "ssim"):
                 assert row_two[method][metric] == pytest.approx(row_one[method][metric], abs=1e-6)
+            assert row_two[method].get("model_wins") == row_one[method].get("model_wins")
     assert both["hardest"]["indices"] == one["hardest"]["indices"]
     assert two.stdout.count("PSNR: unet") == 1  # only the main process prints
+
+
+def test_classical_baselines_match_direct_library_calls_and_win_counts(
+    tiny_run, mnist_root, tmp_path
+):
+    """BM3D, NL-means, TV and wavelet on the fixed-seed noisy test images, against direct
+    calls to bm3d and scikit-image with the sigma computed here from the validation
+    split; the count of images the model beats, against a count made here."""
+    extra_installed()
+    out, n, sigma = tmp_path / "eval", 8, 0.3
+    caps = {"bm3d": 2, "nl_means": 5}
+    result = evaluate(
+        tiny_run, "--sigmas", sigma, "--max-images", n, "--out", out,
+        "--max-baseline-images", *(f"{m}={c}" for m, c in caps.items()),
+    )  # fmt: skip
+    report = json.loads((out / "eval.json").read_text())
+    [row] = report["results"]
+    assert report["methods"] == [*BUILTIN_METHODS, "bm3d", "nl_means", "tv", "wavelet"]
+    assert report["baseline_sigma"].startswith("known")
+    assert {m: b["max_images"] for m, b in report["baselines"].items()} == {
+        **caps,
+        "tv": None,
+        "wavelet": None,
+    }
+    assert report["failures"] == []
+
+    # The sigma the baselines get: the noise's standard deviation on the validation split.
+    val_size = json.loads((tiny_run / "config.json").read_text())["data"]["val_size"]
+    train_images = data.load_split("mnist", mnist_root, "train", download=False)
+    val = data.to_float(data.split_train_val(train_images, val_size)[1])
+    val_noisy = fixed_noisy(val, "gaussian", {"sigma": sigma}, "val", NoiseConfig().eval_seed)
+    known = float(np.std(val_noisy.double().numpy() - val.double().numpy()))
+    assert row["baseline_sigma"] == pytest.approx(known, rel=1e-6)
+
+    clean = numpy_test_images(mnist_root, n)
+    noisy = noisy_test_set(clean, "gaussian", {"sigma": sigma})
+    with torch.no_grad():
+        model_psnr = per_image_psnr(load_model(tiny_run)(noisy).numpy(), clean)
+    noisy = noisy.numpy().astype(np.float64)
+    for method in ("bm3d", "nl_means", "tv", "wavelet"):
+        count = caps.get(method, n)
+        outputs = [
+            direct(method, noisy[i, 0], known, row.get("tv_weight_factor", 1.0))
+            for i in range(count)
+        ]
+        expected = per_image_psnr(np.stack(outputs)[:, None], clean[:count])
+        assert row[method]["images"] == count, method
+        assert row[method]["psnr"] == pytest.approx(expected.mean(), abs=PSNR_ATOL_DB), method
+        wins = int((model_psnr[:count] > expected).sum())
+        assert row[method]["model_wins"] == wins, method
+    median_psnr = per_image_psnr(numpy_median3x3(noisy), clean)
+    assert row["median3x3"]["images"] == n
+    assert row["median3x3"]["model_wins"] == int((model_psnr > median_psnr).sum())
+    assert "images on which unet has the higher PSNR" in result.stdout
+    wins = [line.split() for line in result.stdout.splitlines() if "/" in line]
+    assert ["bm3d", f"{row['bm3d']['model_wins']}/2"] in wins
+    for name in ("psnr_vs_sigma.png", "hardest.png"):
+        with Image.open(out / name) as image:
+            assert image.format == "PNG"
+    with Image.open(out / "hardest.png") as image:
+        assert image.width > 900  # noisy, unet, six baselines and clean side by side
+
+
+def test_without_the_classical_extra_the_builtin_baselines_run_and_one_line_says_so(
+    tiny_run, tmp_path
+):
+    # An import shim that makes bm3d and scikit-image look uninstalled.
+    shim = tmp_path / "shim"
+    (shim / "skimage").mkdir(parents=True)
+    for module in (shim / "bm3d.py", shim / "skimage" / "__init__.py"):
+        module.write_text("raise ImportError('not installed (test shim)')\n")
+    env = {"PYTHONPATH": str(shim)}
+    out = tmp_path / "eval"
+    result = run_cli(
+        "evaluate", str(tiny_run), "--sigmas", "0.3", "--max-images", "20", "--out", str(out),
+        env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "denoise-dist[classical]" in line]
+    assert len(notes) == 1 and "bm3d, nl_means, tv, wavelet" in notes[0]
+    report = json.loads((out / "eval.json").read_text())
+    assert report["methods"] == list(BUILTIN_METHODS)
+    assert report["baselines_not_installed"] == ["bm3d", "nl_means", "tv", "wavelet"]
+    asked = run_cli("evaluate", str(tiny_run), "--baselines", "bm3d", env=env)
+    assert asked.returncode == 2 and "Traceback" not in asked.stderr
+    assert asked.stderr.strip() == (
+        "denoise-dist: error: bm3d needs the classical extra: pip install 'denoise-dist[classical]'"
+    )
+
+
+def test_a_baseline_failing_on_one_image_is_reported_and_the_rest_is_scored(tmp_path):
+    """A folder model evaluated on a folder whose held-out files include a 6x6 image (too
+    small for BM3D's 8x8 blocks) and a flat one."""
+    extra_installed()
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    gen = torch.Generator().manual_seed(0)
+    for i in range(6):
+        smooth = classical.gaussian_blur(torch.rand(1, 1, 48, 48, generator=gen), 2.0)[0, 0]
+        pixels = ((smooth - smooth.min()) / (smooth.max() - smooth.min()) * 255).byte()
+        Image.fromarray(pixels.numpy()).save(folder / f"img{i}.png")
+    _, held_out = data.folder_files(folder, 3)
+    Image.fromarray(np.full((6, 6), 90, np.uint8)).save(held_out[0])  # tiny
+    Image.fromarray(np.full((40, 40), 128, np.uint8)).save(held_out[1])  # flat
+    run = tmp_path / "run"
+    trained = run_cli(
+        "train", "--dataset", "folder", "--data-dir", str(folder), "--output-dir", str(run),
+        "--width", "8", "--patch-size", "16", "--batch-size", "8", "--max-steps", "4",
+        "--eval-every", "2", "--log-every", "2", "--checkpoint-every", "2", "--val-size", "3",
+        "--sigma", "0.1", "--cpu",
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    out = tmp_path / "eval"
+    result = evaluate(
+        run, "--sigmas", "0.1", "--baselines", "bm3d", "tv", "--baseline-sigma", "estimated",
+        "--out", out,
+    )  # fmt: skip
+    report = json.loads((out / "eval.json").read_text())
+    [failure] = report["failures"]
+    assert failure["method"] == "bm3d" and failure["image"] == 0 and failure["sigma"] == 0.1
+    assert "smaller than block size" in failure["error"]
+    [row] = report["results"]
+    assert row["bm3d"]["images"] == 2 and row["bm3d"]["failed"] == 1
+    assert row["tv"]["images"] == 3 and "failed" not in row["tv"]
+    assert row["model"]["images"] == 3
+    assert row["baseline_sigma"] is None and report["baseline_sigma"].startswith("estimated")
+    assert "bm3d failed on image 0 at sigma 0.1: ValueError: Image cannot be smaller" in (
+        result.stdout
+    )
+    assert (out / "hardest.png").is_file() and (out / "psnr_vs_sigma.png").is_file()
 
 
 def test_salt_and_pepper_model_is_evaluated_on_its_own_noise(mnist_root, tmp_path):
     run = tmp_path / "run"
     trained = run_cli("train", *tiny_args(run, "--noise", "salt_pepper", "--max-steps", "10"))
     assert trained.returncode == 0, trained.stderr
-    evaluate(run, "--max-images", 100)  # default --out: eval-<noise> in the run folder
+    # default --out: eval-<noise> in the run folder
+    evaluate(run, "--max-images", 100, "--baselines", "builtin")
     report = json.loads((run / "eval-salt_pepper" / "eval.json").read_text())
     assert report["noise"] == "salt_pepper" and report["level"] == "amount"
     assert [row["amount"] for row in report["results"]] == list(AMOUNTS)
@@ -177,6 +320,8 @@ def test_poisson_gaussian_uses_the_models_photon_count(tiny_run, mnist_root, tmp
         100,
         "--out",
         out,
+        "--baselines",
+        "builtin",
     )
     assert "trained on gaussian noise, evaluating on poisson_gaussian" in result.stderr
     report = json.loads((out / "eval.json").read_text())
