@@ -91,7 +91,8 @@ def test_evaluate_on_the_gpu_agrees_with_the_cpu(gpu_run, tmp_path):
     for device, flags in (("gpu", []), ("cpu", ["--cpu"])):
         out = tmp_path / device
         result = run_cli("evaluate", str(gpu_run), "--max-images", "500", "--sigmas", "0.3",
-                         "0.5", "--out", str(out), *flags)  # fmt: skip
+                         "0.5", "--out", str(out), "--baselines", "builtin",
+                         *flags)  # fmt: skip
         assert result.returncode == 0, result.stderr[-3000:]
         reports[device] = json.loads((out / "eval.json").read_text())
     for on_gpu, on_cpu in zip(reports["gpu"]["results"], reports["cpu"]["results"], strict=True):

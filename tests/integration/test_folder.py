@@ -81,7 +81,10 @@ def test_trains_on_random_crops_and_names_the_file_it_skips(folder_run):
 def test_evaluate_scores_the_held_out_files_whole_against_the_baselines(folder_run, tmp_path):
     run, _ = folder_run
     out = tmp_path / "eval"
-    result = run_cli("evaluate", str(run), "--sigmas", "0.1", "0.2", "--out", str(out))
+    result = run_cli(
+        "evaluate", str(run), "--sigmas", "0.1", "0.2", "--out", str(out),
+        "--baselines", "builtin",  # BM3D takes minutes on these photographs
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "eval.json").read_text())
     assert report["dataset"] == "folder" and report["split"].startswith("held-out files")

@@ -212,7 +212,8 @@ def test_every_registered_model_and_noise_trains_evaluates_and_exports(
                           "--eval-every", "2", "--val-size", "64")  # fmt: skip
         assert cli_main(["train", *flags]) == 0, (model, noise)
         fresh_accelerate()
-        assert cli_main(["evaluate", str(run), "--max-images", "16", "--cpu"]) == 0
+        evaluate_args = ["evaluate", str(run), "--max-images", "16", "--cpu"]
+        assert cli_main([*evaluate_args, "--baselines", "builtin"]) == 0
         fresh_accelerate()
         evaluated = NOISES[noise].eval_as or noise
         report = json.loads((run / f"eval-{noise}" / "eval.json").read_text())
