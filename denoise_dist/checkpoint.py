@@ -215,3 +215,24 @@ def unsafe_pickle(folder: Path) -> str | None:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             return f"{path.name} is not a plain tensor file; refused to unpickle it ({reason})"
     return None
+
+
+def agree_on_resume(accelerator, chosen: Path | None) -> None:
+    """Refuse to train unless every rank chose the same checkpoint (or none). Each rank
+    chooses on its own, and a node of a shared file system may see an older checkpoint
+    than another; DDP does not broadcast weights after wrapping, so the ranks would
+    train on apart, silently."""
+    import torch
+
+    step = read_state(chosen)["step"] if chosen is not None else -1
+    steps = accelerator.gather(torch.tensor([step], device=accelerator.device)).tolist()
+    if len(set(steps)) > 1:
+        by_rank = ", ".join(
+            f"rank {rank}: {'none' if s < 0 else f'step {s}'}" for rank, s in enumerate(steps)
+        )
+        raise CheckpointError(
+            f"the processes chose different checkpoints to resume from ({by_rank}); they "
+            f"do not all see the same files in {CHECKPOINTS}/ (a shared file system that is "
+            f"not yet in sync, or a checkpoint that verifies on one node only). Wait and "
+            f"rerun, or pass --resume <checkpoint folder>"
+        )

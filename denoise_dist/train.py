@@ -207,6 +207,7 @@ def prepare_run_dir(cfg: Config, accelerator, console) -> Path | None:
             saved = from_dict(json.loads(saved_config.read_text()))
             checkpoint.check_compatible(saved, cfg, run_dir)
             resume_from = checkpoint.latest_valid(run_dir)
+    checkpoint.agree_on_resume(accelerator, resume_from)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (run_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -413,6 +414,7 @@ class Run:
             "device": str(device),
             "precision": precision,
             "compiled": self.compiled,
+            "cuda_graph": graph_mode(cfg, device),
             "global_batch": cfg.train.batch_size,
             "per_process_batch": self.sharding.micro_batch,
             **slurm_facts(),
@@ -437,7 +439,6 @@ class Run:
     def scored_model(self) -> torch.nn.Module:
         """What is evaluated and exported: the EMA weights when there are any."""
         return self.ema.model if self.ema is not None else self.module
-            "cuda_graph": graph_mode(cfg, device),
 
     def log_window(self, window: list[torch.Tensor], step: int, elapsed: float) -> float:
         """One sync per window: the global mean loss per step, checked for NaN/Inf, then

@@ -75,6 +75,21 @@ def nan_weights_at_step(bad_step: int) -> None:
     torch.optim.Adam.step = step
 
 
+def unverified_step(step: int) -> None:
+    """This process sees checkpoint `step` fail verification, as a node of a shared file
+    system that has not yet seen all of its bytes would."""
+    import denoise_dist.checkpoint
+
+    real_verify = denoise_dist.checkpoint.verify
+
+    def verify(folder):
+        if folder.name == f"step_{step:08d}":
+            return "injected: not yet visible on this node"
+        return real_verify(folder)
+
+    denoise_dist.checkpoint.verify = verify
+
+
 def enospc_at_checkpoint(nth: int) -> None:
     """The nth accelerator.save_state fails half-way with a full disk."""
     from accelerate import Accelerator
@@ -115,6 +130,7 @@ FAULTS = {
     "nan-at-step": nan_at_step,
     "nan-grad-at-step": nan_grad_at_step,
     "nan-weights-at-step": nan_weights_at_step,
+    "unverified-step": unverified_step,
     "enospc-at-checkpoint": enospc_at_checkpoint,
     "stall-in-checkpoint": stall_in_checkpoint,
 }

@@ -246,6 +246,25 @@ def test_weights_that_turn_nan_with_a_finite_loss_and_gradient_are_never_saved(
     )
 
 
+def test_ranks_that_choose_different_checkpoints_refuse_to_train(mnist_root, tmp_path):
+    """Rank 1 alone sees the newest checkpoint fail verification: it would resume from
+    step 10 while rank 0 resumes from step 20, and DDP would not notice."""
+    run = tmp_path / "run"
+    flags = [f for f in tiny_args(run, "--max-steps", "20") if f != "--cpu"]
+    ddp = ["--config_file", str(CONFIGS / "cpu_ddp.yaml")]
+    first = launch(ddp, "denoise_dist.train", flags, timeout=240)
+    assert first.returncode == 0, first.stderr
+    flags = [f for f in tiny_args(run, "--max-steps", "40") if f != "--cpu"]
+    result = launch(ddp, INJECT, ["unverified-step=20@1", "train", *flags], timeout=120)
+    assert result.returncode != 0
+    message = result.stderr.split("Traceback")[0]
+    assert (
+        "the processes chose different checkpoints to resume from "
+        "(rank 0: step 20, rank 1: step 10)" in message
+    ), result.stderr
+    assert not (run / "checkpoints" / "step_00000030").exists()  # nobody trained on
+
+
 def test_checkpoint_from_another_model_names_the_differing_fields(mnist_root, tmp_path):
     other = tmp_path / "other"
     assert (
