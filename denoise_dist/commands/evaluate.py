@@ -58,6 +58,7 @@ SCORE_CHUNK = 256  # images scored per metric call
 NUM_HARDEST = 8
 HARDEST_CROP = 128  # a folder's hardest images are shown as centre crops of this size
 MAX_TUNING_CROPS = 2000
+MAX_PER_IMAGE = 100  # sets up to this size list every image's PSNR in eval.json
 EVAL_FILE, PLOT_FILE, HARDEST_FILE = "eval.json", "psnr_vs_sigma.png", "hardest.png"
 
 
@@ -167,6 +168,7 @@ class EvalImages:
     tuning: torch.Tensor
     split: str
     tuning_from: str
+    names: list[str] | None = None  # a folder's files, relative to its root
 
     @property
     def count(self) -> int:
@@ -191,7 +193,8 @@ def data_root(args: argparse.Namespace, cfg: Config) -> Path:
 def load_eval_images(cfg: Config, root: Path, max_images: int | None) -> EvalImages:
     if cfg.data.dataset == data.FOLDER:
         train_files, held_out = data.folder_files(root, cfg.data.val_size)
-        scored = [p for _, p in data.read_folder_images(held_out[:max_images])]
+        read = data.read_folder_images(held_out[:max_images])
+        scored = [p for _, p in read]
         train = [p for _, p in data.read_folder_images(train_files, cfg.data.patch_size)]
         if not scored or not train:
             raise DataError(f"{root}: no readable held-out or training images")
@@ -201,6 +204,7 @@ def load_eval_images(cfg: Config, root: Path, max_images: int | None) -> EvalIma
             data.to_float(crops[:MAX_TUNING_CROPS]),
             f"held-out files of {root}",
             f"crops of the training files ({min(len(crops), MAX_TUNING_CROPS)})",
+            [path.relative_to(root).as_posix() for path, _ in read],
         )
     test = data.load_split(cfg.data.dataset, root, "test", cfg.data.download)
     train_split = data.load_split(cfg.data.dataset, root, "train", cfg.data.download)
@@ -563,6 +567,8 @@ def evaluate(args: argparse.Namespace) -> dict:
     if missing:
         report["baselines_not_installed"] = missing
     report["failures"] = failures
+    if count <= MAX_PER_IMAGE:
+        add_per_image(report, scores, images.names)
     fixed = {k: v for k, v in levels[-1][2].items() if k != noise.NOISES[levels[-1][1]].level}
     if fixed:
         report["fixed_params"] = fixed
@@ -633,6 +639,22 @@ def result_row(
                 entry["failed"] = len(failed)
         row[method] = entry
     return row
+
+
+def add_per_image(report: dict, scores: Scores, names: list[str] | None) -> None:
+    """Each image's PSNR per method (None where the method did not score it), per level."""
+    if names is not None:
+        report["image_names"] = names
+    for i, row in enumerate(report["results"]):
+        row["per_image_psnr"] = {
+            method: [
+                value if scored else None
+                for value, scored in zip(
+                    scores.values[i, j, :, 0].tolist(), scores.scored[i, j].tolist(), strict=True
+                )
+            ]
+            for j, method in enumerate(report["methods"])
+        }
 
 
 def write_outputs(

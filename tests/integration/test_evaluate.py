@@ -205,6 +205,9 @@ def test_classical_baselines_match_direct_library_calls_and_win_counts(
         assert row[method]["psnr"] == pytest.approx(expected.mean(), abs=PSNR_ATOL_DB), method
         wins = int((model_psnr[:count] > expected).sum())
         assert row[method]["model_wins"] == wins, method
+        listed = row["per_image_psnr"][method]
+        np.testing.assert_allclose(listed[:count], expected, atol=PSNR_ATOL_DB)
+        assert listed[count:] == [None] * (n - count)
     median_psnr = per_image_psnr(numpy_median3x3(noisy), clean)
     assert row["median3x3"]["images"] == n
     assert row["median3x3"]["model_wins"] == int((model_psnr > median_psnr).sum())
@@ -376,11 +379,20 @@ def test_the_data_root_follows_the_environment_when_the_model_has_moved(mnist_ro
         "20",
         "--sigmas",
         "0.5",
+        "--baselines",
+        "builtin",
         env={"DENOISE_DIST_DATA": str(mnist_root)},
     )
     assert result.returncode == 0, result.stderr
     # And with nothing to go on, the error says what to fix.
     lost = run_cli(
-        "evaluate", str(run), "--max-images", "20", "--data-dir", str(tmp_path / "nowhere")
+        "evaluate",
+        str(run),
+        "--max-images",
+        "20",
+        "--data-dir",
+        str(tmp_path / "nowhere"),
+        "--baselines",
+        "builtin",
     )
     assert lost.returncode == 2 and "put train-images-idx3-ubyte" in lost.stderr
