@@ -27,6 +27,13 @@ gpus_on_node() {
     [ "$count" -gt 0 ] 2>/dev/null && echo "$count" || echo 1
 }
 
+# The rendezvous port of a multi-node job, from its id (two jobs on a node differ), in
+# 10000-29999: below Linux's ephemeral range (32768-60999 by default), so no outgoing
+# connection on the node can hold it.
+rendezvous_port() {
+    echo $((10000 + ${1:-$SLURM_JOB_ID} % 20000))
+}
+
 log() {
     echo "[denoise-dist job ${SLURM_JOB_ID:-?} restart ${RESTART}] $(date '+%F %T') $*"
 }

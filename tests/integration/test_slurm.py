@@ -389,3 +389,94 @@ def test_array_template_trains_one_model_per_noise_level(cluster, mnist_root, tm
         run = sweep / f"sigma_{sigma}"
         assert json.loads((run / "config.json").read_text())["noise"]["sigma"] == sigma
         assert (run / "best_model.safetensors").is_file()
+
+
+# --- rendezvous and CPU binding of the multi-node launch --------------------------------
+
+
+def ephemeral_ports() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+@pytest.mark.parametrize("job_id", [1, 12767, 12768, 19999, 20000, 40960, 123456789])
+def test_the_multinode_rendezvous_port_is_below_the_ephemeral_range(job_id):
+    """An outgoing connection on a node may hold any port of the ephemeral range."""
+    assert "MAIN_PORT=$(rendezvous_port)" in (REPO / "slurm" / "train_multinode.sbatch").read_text()
+    result = subprocess.run(
+        ["bash", "-c", f"source slurm/common.sh && rendezvous_port {job_id}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    port = int(result.stdout)
+    assert 1024 <= port < ephemeral_ports()[0]
+
+
+AFFINITY_DIR = Path("/tmp/slurm-local-affinity")
+
+
+@pytest.fixture(scope="module")
+def affinity_cluster():
+    """A second one-node cluster beside the first, whose tasks are bound to their CPUs
+    (task/affinity, as on most real clusters): what a task may use is what it was given."""
+    require(shutil.which("sbatch") is not None, "SLURM is not installed (no sbatch)")
+    env = {
+        **os.environ,
+        "SLURM_LOCAL_DIR": str(AFFINITY_DIR),
+        "SLURM_LOCAL_TASK_PLUGIN": "task/affinity",
+        "SLURM_LOCAL_CTLD_PORT": "6837",
+        "SLURM_LOCAL_SLURMD_PORT": "6838",
+        "SLURM_LOCAL_LINK_ETC": "0",
+        "SLURM_LOCAL_CPUS": "2",
+    }
+    start = subprocess.run(
+        [str(SLURM_TOOLS / "start.sh")], capture_output=True, text=True, timeout=300, env=env
+    )
+    require(start.returncode == 0, f"slurm-local (task/affinity): {start.stdout[-600:]}")
+    yield {"SLURM_CONF": str(AFFINITY_DIR / "etc" / "slurm.conf")}
+    subprocess.run([str(SLURM_TOOLS / "stop.sh")], capture_output=True, timeout=120, env=env)
+
+
+def test_multinode_launch_gets_the_jobs_cpus_and_its_own_accelerate_config(
+    affinity_cluster, tmp_path
+):
+    """The template's srun step, with a stand-in for python that prints what the
+    launcher would get: the CPUs it may run on, and its command line."""
+    fake_python = tmp_path / "python"
+    fake_python.write_text(
+        '#!/bin/bash\necho "usable_cpus=$(nproc) job_cpus=$SLURM_CPUS_PER_TASK launch: $*"\n'
+    )
+    fake_python.chmod(0o755)
+    log = tmp_path / "job.out"
+    env = {**os.environ, **affinity_cluster, "DENOISE_DIST_PYTHON": str(fake_python)}
+    env["DENOISE_DIST_OUTPUT"] = str(tmp_path / "run")
+    job = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--wait",
+            f"--output={log}",
+            "--nodes=1",
+            "--cpus-per-task=2",
+            "--gpus-per-node=0",
+            "--mem=100M",
+            "--time=2",
+            "slurm/train_multinode.sbatch",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    text = log.read_text() if log.exists() else ""
+    assert job.returncode == 0, job.stderr + text
+    assert "usable_cpus=2 job_cpus=2 " in text, text
+    config = REPO / "accelerate_configs" / "multi_node.yaml"
+    assert f"accelerate.commands.launch --config_file {config} " in text, text
+    port = int(re.search(r"--main_process_port (\d+)", text).group(1))
+    assert port < ephemeral_ports()[0]

@@ -114,3 +114,16 @@ def test_multi_node_is_a_template_for_the_per_node_launch():
         "10.0.0.1",
         12345,
     )
+
+
+@pytest.mark.parametrize("name", ["multi_gpu", "multi_gpu_bf16", "multi_gpu_fp16"])
+def test_one_node_configs_let_accelerate_pick_a_free_port(name):
+    """Two jobs on one host must not both take the default port 29500."""
+    from accelerate.utils.launch import prepare_multi_gpu_env
+
+    args = launch_args(name, "--num_processes", "2")
+    assert args.main_process_port == 0
+    prepare_multi_gpu_env(args)  # what the launcher runs before torchrun
+    assert args.main_process_port not in (0, 29500) and args.master_port == str(
+        args.main_process_port
+    )
