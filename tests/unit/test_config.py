@@ -147,8 +147,9 @@ def test_a_recipe_sets_values_that_yaml_and_flags_still_override(tmp_path):
 def test_every_recipe_is_a_valid_config():
     from denoise_dist.recipes import RECIPES
 
-    for name in RECIPES:
-        validate(parse("--recipe", name))
+    for name, recipe in RECIPES.items():
+        folder = ["--data-dir", "photos/"] if recipe.values.get("dataset") == "folder" else []
+        validate(parse("--recipe", name, *folder))
 
 
 def test_a_models_own_defaults_sit_under_recipes_yaml_and_flags(tmp_path):
