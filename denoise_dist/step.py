@@ -166,7 +166,9 @@ class CaptureSafeStep(TrainStep):
         device = self.accelerator.device
         spe = self.sharding.steps_per_epoch
         # The CPU's per-tensor Adam divides the learning rate in float64 (as a Python
-        # float would); CUDA's fused Adam reads a float32 tensor.
+        # float would): bit-equal to TrainStep. CUDA's fused Adam reads a tensor learning
+        # rate as float32 but a Python float as a double, so there the step size can
+        # differ from TrainStep's in its last bit (graphed and eager stay bit-equal).
         self.lr_dtype = torch.float64 if device.type == "cpu" else torch.float32
         self.counter = torch.zeros((), dtype=torch.int64, device=device)
         self.lr = torch.zeros((), dtype=self.lr_dtype, device=device)

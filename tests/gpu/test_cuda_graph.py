@@ -120,8 +120,14 @@ def test_a_graphed_run_trains_like_eager_and_resumes_exactly(mnist_root, tmp_pat
     result = run_cli("train", "--output-dir", str(graphed), *GPU_ARGS, "--cuda-graph", env=env)
     assert result.returncode == 0, result.stderr
     assert "cuda_graph=yes" in startup_line(result.stdout)
-    assert_same_weights(final_weights(eager, 60), final_weights(graphed, 60))
-    assert loss_curve(eager) == loss_curve(graphed)
+    # Today's step with a float learning rate: close, not bit-equal (see the test above).
+    plain, graph = final_weights(eager, 60), final_weights(graphed, 60)
+    for name in plain:
+        torch.testing.assert_close(graph[name], plain[name], rtol=1e-3, atol=1e-5)
+    for (step, loss, _), (step_g, loss_g, _) in zip(
+        loss_curve(eager), loss_curve(graphed), strict=True
+    ):
+        assert step == step_g and loss_g == pytest.approx(loss, rel=1e-4)
     # The graphed run killed after its step-30 checkpoint, then run again: it resumes,
     # warms up and captures again, and ends on the same weights.
     shutil.copytree(graphed, split)
