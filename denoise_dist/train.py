@@ -373,6 +373,16 @@ class Run:
         if self.ema is not None:
             self.ema.model.to(self.device)
         optimizer = make_optimizer(cfg, model, self.device)
+        if cfg.train.deterministic:
+            # DDP re-buckets the gradients after its first iteration, which a resumed run
+            # repeats; with 3+ ranks the all-reduce then sums in another order. With
+            # find_unused_parameters it keeps its first buckets (and checks for unused
+            # parameters, which costs little): resume is bit-exact on any number of ranks.
+            from accelerate import DistributedDataParallelKwargs
+
+            self.accelerator.ddp_handler = DistributedDataParallelKwargs(
+                find_unused_parameters=True
+            )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         if self.compiled:
             self.model = runtime.compile_model(
