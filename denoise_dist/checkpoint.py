@@ -32,7 +32,7 @@ NAME = re.compile(r"^step_(\d{8})$")
 RESUMABLE_FIELDS = frozenset({
     "data_dir", "download", "eval_sigmas", "max_steps", "epochs", "eval_every", "log_every",
     "output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "debug",
-    "cpu", "mixed_precision", "compile", "deterministic", "dist_timeout", "profile",
+    "cpu", "mixed_precision", "compile", "cuda_graph", "deterministic", "dist_timeout", "profile",
     "report_to", "wandb_mode", "wandb_project", "wandb_entity", "run_name", "recipe",
 })
 # fmt: on

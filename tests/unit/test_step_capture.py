@@ -223,3 +223,11 @@ def test_the_start_line_says_what_runs():
     assert graph_mode(config("unet", False), torch.device("cuda")) == "no"
     assert "never yet run on a GPU" in graph_mode(config("unet", True), torch.device("cuda"))
     assert "eagerly" in graph_mode(config("unet", True), torch.device("cpu"))
+
+
+def test_a_run_may_resume_with_or_without_the_flag(tmp_path):
+    """Both steps train alike (bit-equal on a CPU), so the flag may change on resume."""
+    from denoise_dist.checkpoint import check_compatible
+
+    check_compatible(config("unet", False), config("unet", True), tmp_path)
+    check_compatible(config("unet", True), config("unet", False), tmp_path)
