@@ -125,6 +125,22 @@ def check_finite(
             )
 
 
+def compile_decision(cfg: Config, device: torch.device, total: int) -> bool:
+    """Whether to compile: --compile / --no-compile, or runtime's default, except that
+    torch.compile's CUDA-graph trees (on a GPU) cannot accumulate gradients: a second
+    micro-batch would add into gradient memory that the graph has reused. Not tried on a
+    GPU here; torch's own error names this case. By default such a run is not compiled."""
+    graph_trees = device.type == "cuda" and not cfg.train.cuda_graph
+    if graph_trees and cfg.optim.grad_accum > 1:
+        if cfg.train.compile:
+            raise ConfigError(
+                f"--compile with --grad-accum {cfg.optim.grad_accum} on a GPU: torch.compile's "
+                f"CUDA graphs cannot accumulate gradients; pass --no-compile or --grad-accum 1"
+            )
+        return False
+    return runtime.compile_wanted(cfg.train.compile, device, total)
+
+
 def last_checkpoint_name(run_dir: Path) -> str:
     found = checkpoint.list_checkpoints(run_dir)
     return str(found[0]) if found else "none"
@@ -321,7 +337,7 @@ class Run:
             cfg.optim.grad_accum,
         )
         self.total = total_steps(cfg, self.sharding.steps_per_epoch)
-        self.compiled = runtime.compile_wanted(cfg.train.compile, self.device, self.total)
+        self.compiled = compile_decision(cfg, self.device, self.total)
         with self.phases("model"):
             self.build_model()
         self.state = self.resume(resume_from) if resume_from is not None else RunState()

@@ -5,9 +5,15 @@ import torch
 
 from denoise_dist.checkpoint import check_length
 from denoise_dist.config import Config, overlay
-from denoise_dist.errors import CheckpointError, TrainingDiverged
+from denoise_dist.errors import CheckpointError, ConfigError, TrainingDiverged
 from denoise_dist.step import EMA, lr_at
-from denoise_dist.train import check_finite, resolve_output_dir, restarted, total_steps
+from denoise_dist.train import (
+    check_finite,
+    compile_decision,
+    resolve_output_dir,
+    restarted,
+    total_steps,
+)
 
 
 def config(**values) -> Config:
@@ -44,6 +50,16 @@ def test_check_finite_also_checks_the_gradient_norm(tmp_path):
     check_finite([0.1, 0.2], last_step=10, run_dir=tmp_path, grad_norms=[1.0, 2.0])
     with pytest.raises(TrainingDiverged, match="gradient norm became inf at step 10"):
         check_finite([0.1, 0.2], last_step=10, run_dir=tmp_path, grad_norms=[1.0, math.inf])
+
+
+def test_compiling_with_gradient_accumulation_on_a_gpu_is_refused_or_not_chosen():
+    """CUDA-graph trees cannot accumulate gradients (no GPU here: the decision alone)."""
+    gpu, cpu, long_run = torch.device("cuda"), torch.device("cpu"), 5000
+    with pytest.raises(ConfigError, match="--compile with --grad-accum 2 on a GPU"):
+        compile_decision(config(compile=True, grad_accum=2), gpu, long_run)
+    assert not compile_decision(config(grad_accum=2), gpu, long_run)  # the default: off
+    assert compile_decision(config(grad_accum=1), gpu, long_run)  # the default: on
+    assert compile_decision(config(compile=True, grad_accum=2), cpu, long_run)  # no graphs
 
 
 def test_a_restarted_job_is_recognised():
