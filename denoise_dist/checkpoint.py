@@ -34,6 +34,7 @@ RESUMABLE_FIELDS = frozenset({
     "output_dir", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "debug",
     "cpu", "mixed_precision", "compile", "cuda_graph", "deterministic", "dist_timeout", "profile",
     "report_to", "wandb_mode", "wandb_project", "wandb_entity", "run_name", "recipe",
+    "allow_data_change",
 })
 # fmt: on
 

@@ -166,6 +166,11 @@ class TrainConfig:
         "auto (newest valid checkpoint in the run folder), never, or a checkpoint path.",
         default="auto",
     )
+    allow_data_change: bool = doc(
+        "Resume even if the training data differ from the checkpoint's (files added, removed "
+        "or changed); the run then records that it is no longer an exact resume.",
+        default=False,
+    )
     overwrite: bool = doc(
         "Delete an existing run folder's contents and start fresh (never in a requeued "
         "or restarted job: that resumes).",
@@ -376,15 +381,15 @@ def validate(cfg: Config) -> Config:
         (t.dist_timeout >= 1, "dist_timeout must be >= 1"),
         (t.output_dir != "", "output_dir must not be empty"),
         (
-            t.batch_size % o.grad_accum == 0,
-            f"batch_size {t.batch_size} must divide by grad_accum {o.grad_accum}",
-        ),
-    ]
-        (
             not t.cuda_graph or d.dataset != FOLDER,
             "--cuda-graph supports MNIST-style datasets only, not folders (their crops are "
             "keyed on the host); drop --cuda-graph",
         ),
+        (
+            t.batch_size % o.grad_accum == 0,
+            f"batch_size {t.batch_size} must divide by grad_accum {o.grad_accum}",
+        ),
+    ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)

@@ -18,6 +18,7 @@ world-size changes exact.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
 import socket
 import warnings
@@ -486,3 +487,46 @@ def eval_shard(num_examples: int, world_size: int, rank: int) -> slice:
     per_rank, extra = divmod(num_examples, world_size)
     start = rank * per_rank + min(rank, extra)
     return slice(start, start + per_rank + (1 if rank < extra else 0))
+
+
+# --- what a resume checks -----------------------------------------------------------------
+
+
+def fingerprint(dataset: str, root: Path) -> dict[str, dict]:
+    """The training data's files, by path under `root`: for a folder each image's size and
+    modification time (a stat per file, cheap for any number of files); for MNIST-style
+    data each file's size and SHA-256 (all 55 MB of MNIST hash in about 0.1 s)."""
+    if dataset == FOLDER:
+        stats = {p: p.stat() for p in image_files.find_images(root, recursive=True)}
+        return {
+            str(p.relative_to(root)): {"size": s.st_size, "mtime_ns": s.st_mtime_ns}
+            for p, s in stats.items()
+        }
+    raw_dir = root / TORCHVISION_NAMES[dataset] / "raw"
+    found = [_find(raw_dir, name) for pair in FILES.values() for name in pair]
+    return {
+        str(p.relative_to(root)): {
+            "size": p.stat().st_size,
+            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+        }
+        for p in found
+        if p is not None
+    }
+
+
+def fingerprint_changes(old: dict, new: dict, root: Path) -> str | None:
+    """What differs between two fingerprints, in one line, or None."""
+    changes = {
+        "added": sorted(new.keys() - old.keys()),
+        "removed": sorted(old.keys() - new.keys()),
+        "changed": sorted(k for k in old.keys() & new.keys() if old[k] != new[k]),
+    }
+    return (
+        "; ".join(
+            f"{len(names)} file{'s' * (len(names) > 1)} {how} under {root}: {', '.join(names[:3])}"
+            + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            for how, names in changes.items()
+            if names
+        )
+        or None
+    )

@@ -25,7 +25,7 @@ import time
 import warnings
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,7 +33,13 @@ import torch
 from denoise_dist import checkpoint, data, figures, noise, runtime
 from denoise_dist.atomic import atomic_write_text
 from denoise_dist.config import Config, add_config_flags, config_from_args, from_dict
-from denoise_dist.errors import ConfigError, TrainingDiverged, one_line_warnings, run_command
+from denoise_dist.errors import (
+    CheckpointError,
+    ConfigError,
+    TrainingDiverged,
+    one_line_warnings,
+    run_command,
+)
 from denoise_dist.export import BEST_MODEL, save_model
 from denoise_dist.inference import denoise_batched
 from denoise_dist.metrics import means, quality_sums
@@ -65,11 +71,14 @@ class RunState:
     run_id: str | None = None  # the trackers' run id, kept across resumes and requeues
     train_time_s: float = 0.0  # seconds spent in training steps, across resumes
     total_steps: int | None = None
+    data_fingerprint: dict | None = None  # data.fingerprint of the data it trains on
+    data_changes: list[str] = field(default_factory=list)  # what --allow-data-change let by
 
     @classmethod
     def from_saved(cls, saved: dict) -> RunState:
         run_id = saved.get("run_id", saved.get("wandb_run_id"))  # the name before 0.2
-        fields = {k: saved[k] for k in ("step", "best_val_psnr", "train_time_s") if k in saved}
+        kept = ("step", "best_val_psnr", "train_time_s", "data_fingerprint", "data_changes")
+        fields = {k: saved[k] for k in kept if k in saved}
         return cls(**fields, run_id=run_id, total_steps=saved.get("total_steps"))
 
 
@@ -329,6 +338,8 @@ class Run:
                 accelerator.main_process_first,
                 augment=cfg.data.augment,
             )
+            self.data_root = data.resolve_data_root(cfg.data.data_dir)
+            self.fingerprint = data.fingerprint(cfg.data.dataset, self.data_root)
         self.sharding = data.Sharding(
             self.splits.train.num_examples,
             cfg.train.batch_size,
@@ -342,6 +353,7 @@ class Run:
             self.build_model()
         self.state = self.resume(resume_from) if resume_from is not None else RunState()
         self.state.total_steps = self.total
+        self.state.data_fingerprint = self.fingerprint
         self.state.run_id = (
             self.state.run_id or os.environ.get("WANDB_RUN_ID") or secrets.token_hex(4)
         )
@@ -415,7 +427,18 @@ class Run:
                 self.ema.load_state_dict(saved if saved is not None else self.module.state_dict())
         saved_config = from_dict(checkpoint.read_state(folder)["config"])
         checkpoint.check_length(saved_config, state.total_steps, self.cfg, self.total, folder)
-        self.console.print(f"resumed from {folder} at step {state.step}", soft_wrap=True)
+        # A checkpoint written before fingerprints existed has none: nothing to compare.
+        saved_data = state.data_fingerprint or self.fingerprint
+        changed = data.fingerprint_changes(saved_data, self.fingerprint, self.data_root)
+        if changed and not self.cfg.train.allow_data_change:
+            raise CheckpointError(
+                f"the data changed since {folder}: {changed}. Resume on the data it was trained "
+                f"on, or pass --allow-data-change to continue (no longer an exact resume)"
+            )
+        if changed:
+            state.data_changes.append(f"at step {state.step}: {changed}")
+        note = f" (not an exact resume: data changed: {changed})" if changed else ""
+        self.console.print(f"resumed from {folder} at step {state.step}{note}", soft_wrap=True)
         return state
 
     def announce(self) -> dict:
@@ -559,6 +582,7 @@ class Run:
             "run_id": self.state.run_id,
             # Across resumes (timings_s is this process's); a finished run keeps it.
             "train_time_s": round(self.state.train_time_s, 3),
+            "data_changes": self.state.data_changes,  # [] for an exact run
         }
         if self.accelerator.is_main_process:
             with self.phases("figures and summary"):
