@@ -54,35 +54,32 @@ def read_meta(path: str | Path) -> dict:
     if META_KEY not in header:
         raise UserError(f"{path} was not written by denoise-dist (no model metadata)")
     try:
-        meta = json.loads(header[META_KEY])
-        check_meta(meta, shapes)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{path} is not a valid model file: its metadata is not JSON ({e})"
-        ) from None
+        return checked_meta(header[META_KEY], shapes)
     except UserError as e:
         raise UserError(f"{path} is not a valid model file: {e}") from None
-    return meta
 
 
-def check_meta(meta: dict, shapes: dict[str, list[int]]) -> None:
+def checked_meta(text: str, shapes: dict[str, list[int]]) -> dict:
     """Check the metadata with the config's own validation, then build the model on the
     meta device (shapes only, no memory) and compare its tensors with the file's: the file
     then bounds what loading allocates, whatever width its metadata names."""
     from denoise_dist.config import Config, overlay, validate
 
+    try:
+        meta = json.loads(text)
+    except ValueError as e:
+        raise UserError(f"its metadata is not JSON ({e})") from None
     if not isinstance(meta, dict) or not isinstance(meta.get("model_kwargs"), dict):
         raise UserError("its metadata has no model_kwargs mapping")
+    if not isinstance(meta.get("config", {}), dict):  # evaluate reads it; loading does not
+        raise UserError("its metadata's config is not a mapping")
     name, kwargs = meta.get("model"), meta["model_kwargs"]
     if not isinstance(name, str) or name not in MODELS:
         raise UserError(f"it names model {name!r}, not one of {', '.join(MODELS)}")
-    unexpected = sorted(set(kwargs) - set(MODELS[name].fields))
-    if unexpected:
-        takes = ", ".join(MODELS[name].fields)
-        raise UserError(f"{name} takes {takes}, not {', '.join(unexpected)}")
+    if set(kwargs) - set(MODELS[name].fields):
+        unexpected = ", ".join(sorted(set(kwargs) - set(MODELS[name].fields)))
+        raise UserError(f"{name} takes {', '.join(MODELS[name].fields)}, not {unexpected}")
     validate(overlay(Config(), {"model": name, **kwargs}, "model_kwargs"))
-    if not isinstance(meta.get("config", {}), dict):  # evaluate reads it; loading does not
-        raise UserError("its metadata's config is not a mapping")
     with torch.device("meta"):
         expected = {k: list(v.shape) for k, v in build_model(name, **kwargs).state_dict().items()}
     problems = [f"{k} missing" for k in expected if k not in shapes]
@@ -92,11 +89,12 @@ def check_meta(meta: dict, shapes: dict[str, list[int]]) -> None:
     ]
     if problems:
         count = sum(math.prod(v) for v in expected.values())
+        model = f"{name}({', '.join(f'{k}={v}' for k, v in kwargs.items())})"
         raise UserError(
-            f"its tensors do not fit {name}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) "
-            f"with {count:,} parameters: {'; '.join(problems[:3])}"
-            + (f" and {len(problems) - 3} more" if len(problems) > 3 else "")
+            f"its tensors do not fit {model} with {count:,} parameters: "
+            f"{'; '.join(problems[:3])}{' ...' if len(problems) > 3 else ''}"
         )
+    return meta
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
