@@ -25,7 +25,7 @@ TILE = 84  # pixels a side of one image in samples.png
 GAP = 3
 BLOCK_GAP = 18
 LABEL_HEIGHT = 22
-PLOT_WIDTH = 640
+PLOT_WIDTH = 680
 LABELS = ("noisy", "denoised", "clean")
 
 
@@ -81,7 +81,7 @@ def draw_plot(figure: Image.Image) -> Image.Image:
     rgb = figure.convert("RGB")
     height = round(rgb.height * PLOT_WIDTH / rgb.width)
     small = rgb.resize((PLOT_WIDTH, height), Image.Resampling.LANCZOS)
-    return small.quantize(colors=96, dither=Image.Dither.NONE)
+    return small.quantize(colors=256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)
 
 
 def save(image: Image.Image, path: Path) -> None:
