@@ -17,7 +17,7 @@ BM3D (on the first --bm3d-images test images only: about 1.6 s an image here), N
 TV and wavelet. The table has a row for each, and a row naming the strongest classical
 baseline at each sigma; the goals state the model's margin over it.
 
-Prints a markdown table (PSNR / SSIM, for the README) and the quality goals as measured,
+Prints a markdown table (PSNR / SSIM, for docs/benchmarks.md) and the quality goals as measured,
 and writes the numbers to <out>/quality.json. Figures are printed, never asserted.
 """
 

@@ -72,7 +72,7 @@ class NoiseConfig:
         default=0.5,
     )
     # A blind model is weakest at the ends of its range: train a little beyond the range
-    # it must serve (README, Benchmarks: [0.05, 0.8] for 0.1-0.7).
+    # it must serve (docs/benchmarks.md: [0.05, 0.8] for 0.1-0.7).
     sigma_min: float = doc("Lowest per-image sigma for gaussian_blind.", default=0.1)
     sigma_max: float = doc("Highest per-image sigma for gaussian_blind.", default=0.7)
     salt_pepper: float = doc("Fraction of pixels flipped to 0 or 1 by salt_pepper.", default=0.2)

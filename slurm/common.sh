@@ -1,6 +1,6 @@
 # Sourced by slurm/*.sbatch: environment, logging, signal forwarding and self-requeue.
 #
-# Stop protocol (see README "SLURM"):
+# Stop protocol (see docs/slurm.md, "Preemption and time limits"):
 # - SIGUSR1 (the `--signal=B:USR1@...` warning before the time limit, or
 #   `scancel --signal=USR1 --batch`) is passed on to the training processes. They save a
 #   checkpoint at the next log step and exit; this script then requeues the job, at most

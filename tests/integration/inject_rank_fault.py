@@ -1,6 +1,6 @@
 """`accelerate launch` target for the rank-failure tests: the real training CLI, except
 that one rank fails at one step, by raising (a crash) or by hanging (a stuck process;
-not in the test suite for its ~1 minute of waiting, see the README).
+not in the test suite for its ~1 minute of waiting, see docs/launching.md).
 
 Usage: inject_rank_fault.py raise|hang RANK STEP [train flags...]. The fault is patched
 in from here, so the package itself carries no test hooks.

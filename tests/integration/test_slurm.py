@@ -108,7 +108,7 @@ def job_args(*extra: str) -> list[str]:
 def submit(
     template: str, run_dir: Path, *args: str, sbatch: tuple = (), env: dict | None = None
 ) -> str:
-    """sbatch a template from the repository root, as the README says; returns the job id."""
+    """sbatch a template from the repository root, as docs/slurm.md says; returns the job id."""
     job_env = {
         **os.environ,
         "DENOISE_DIST_PYTHON": sys.executable,
