@@ -164,7 +164,7 @@ def test_classical_baselines_match_direct_library_calls_and_win_counts(
     calls to bm3d and scikit-image with the sigma computed here from the validation
     split; the count of images the model beats, against a count made here."""
     extra_installed()
-    out, n, sigma = tmp_path / "eval", 8, 0.3
+    out, n, sigma = tmp_path / "eval", 8, 0.4
     caps = {"bm3d": 2, "nl_means": 5}
     result = evaluate(
         tiny_run, "--sigmas", sigma, "--max-images", n, "--out", out,
@@ -211,6 +211,9 @@ def test_classical_baselines_match_direct_library_calls_and_win_counts(
     median_psnr = per_image_psnr(numpy_median3x3(noisy), clean)
     assert row["median3x3"]["images"] == n
     assert row["median3x3"]["model_wins"] == int((model_psnr > median_psnr).sum())
+    # At this sigma the tiny model loses to the median on some of these images and wins on
+    # others (one by 0.03 dB), so the counts above test the comparison itself.
+    assert 0 < row["median3x3"]["model_wins"] < n
     assert "images on which unet has the higher PSNR" in result.stdout
     wins = [line.split() for line in result.stdout.splitlines() if "/" in line]
     assert ["bm3d", f"{row['bm3d']['model_wins']}/2"] in wins
