@@ -6,6 +6,7 @@ import re
 import shutil
 
 import pytest
+import torch
 
 from tests.conftest import skimage_data
 from tests.helpers import (
@@ -118,6 +119,12 @@ def test_two_processes_train_on_the_same_crops_as_one(photo_folder, tmp_path):
     assert result.returncode == 0, result.stderr
     for (s1, l1, g1), (s2, l2, g2) in zip(loss_curve(one), loss_curve(two), strict=True):
         assert s1 == s2 and l1 == pytest.approx(l2, rel=1e-5) and g1 == pytest.approx(g2, rel=1e-5)
+    # The weights, not only two logged scalars: the same crops give the same model, to the
+    # float rounding of two half-batch gradients added (as tests/integration/test_distributed).
+    weights, weights_one = final_weights(two, 10), final_weights(one, 10)
+    assert weights.keys() == weights_one.keys()
+    for name in weights:
+        torch.testing.assert_close(weights[name], weights_one[name], atol=1e-5, rtol=0)
 
 
 def test_bad_folders_are_one_line_errors(tmp_path):

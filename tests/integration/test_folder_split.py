@@ -1,0 +1,48 @@
+"""The held-out files of a folder, on which every own-image figure rests: fixed for every
+run, disjoint from the training files, the ones validation crops come from, and the ones
+`evaluate` scores."""
+
+import json
+
+import pytest
+import torch
+
+from denoise_dist import data
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.integration
+HELD_OUT = 4
+PATCH = 32
+
+
+def test_the_held_out_files_are_fixed_and_disjoint_from_the_training_files(photo_folder):
+    train, held_out = data.folder_files(photo_folder, HELD_OUT)
+    assert len(held_out) == HELD_OUT and not set(train) & set(held_out)
+    assert sorted(train + held_out) == sorted(data.image_files.find_images(photo_folder, True))
+    assert data.folder_files(photo_folder, HELD_OUT) == (train, held_out)  # every call
+    for seed in (0, 1):  # the run's seed draws crops and noise, never the split
+        splits = data.load(data.FOLDER, photo_folder, HELD_OUT, PATCH, False, seed, "cpu")
+        # Training pixels are the training files' exactly; validation crops the held-out's.
+        train_pixels = [p for _, p in data.read_folder_images(train, PATCH)]
+        assert splits.train.nbytes == sum(p.numel() for p in train_pixels)
+        assert torch.equal(splits.train.pixels, torch.cat([p.flatten() for p in train_pixels]))
+        held_pixels = [p for _, p in data.read_folder_images(held_out, PATCH)]
+        expected = data.fixed_crops(held_pixels, PATCH, data.VAL_CROPS_PER_IMAGE)
+        assert torch.equal(splits.val, expected)
+
+
+def test_evaluate_scores_exactly_the_held_out_files(photo_folder, tmp_path):
+    run = tmp_path / "run"
+    args = ["--dataset", "folder", "--data-dir", str(photo_folder), "--output-dir", str(run),
+            "--width", "8", "--patch-size", str(PATCH), "--batch-size", "16",
+            "--max-steps", "2", "--eval-every", "2", "--checkpoint-every", "2",
+            "--val-size", str(HELD_OUT), "--seed", "3", "--cpu"]  # fmt: skip
+    assert run_cli("train", *args).returncode == 0
+    out = tmp_path / "eval"
+    result = run_cli(
+        "evaluate", str(run), "--sigmas", "0.1", "--out", str(out), "--baselines", "builtin"
+    )
+    assert result.returncode == 0, result.stderr
+    scored = json.loads((out / "eval.json").read_text())["image_names"]
+    _, held_out = data.folder_files(photo_folder, HELD_OUT)
+    assert scored == [p.relative_to(photo_folder).as_posix() for p in held_out]
