@@ -149,10 +149,11 @@ def test_links_and_anchors_resolve(page):
 # --- commands in fenced blocks -----------------------------------------------------------
 
 
-def shell_commands(code: str) -> list[tuple[int, list[str]]]:
+def shell_commands(code: str, console: bool = False) -> list[tuple[int, list[str]]]:
     """(line offset, words) of each simple command in a block of shell: continuation lines
     joined, comments and `$ ` prompts dropped, split at ; && || | &, and leading
-    `VAR=value` assignments and keywords (do, then, time ...) removed."""
+    `VAR=value` assignments and keywords (do, then, time ...) removed. In a console
+    block only the lines after a `$ ` prompt are commands; the rest is their output."""
     commands = []
     lines = code.split("\n")
     i = 0
@@ -162,6 +163,8 @@ def shell_commands(code: str) -> list[tuple[int, list[str]]]:
             i += 1
             line = line[:-1] + " " + lines[i]
         i += 1
+        if console and not line.startswith("$ "):
+            continue
         line = line.strip().removeprefix("$ ")
         lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|()")
         lexer.whitespace_split = True
@@ -266,7 +269,8 @@ def commands_of(page: Path) -> list[tuple[int, list[str]]]:
     for token in tokens(page):
         language = token.info.split()[0].lower() if token.info.strip() else ""
         if token.type == "fence" and language not in NOT_SHELL and token.map:
-            found += [(token.map[0] + 2 + i, words) for i, words in shell_commands(token.content)]
+            lines = shell_commands(token.content, console=language == "console")
+            found += [(token.map[0] + 2 + i, words) for i, words in lines]
     return found
 
 
@@ -333,5 +337,9 @@ def test_the_checker_sees_the_defects_it_is_for(tmp_path):
     for line in good:
         (_, words), *_ = shell_commands(line)
         assert check_command(words, {}) is None, line
+    console = "$ denoise-dist train --bogus 1\ndenoise-dist: error: unrecognized arguments"
+    assert [w for _, w in shell_commands(console, console=True)] == [
+        ["denoise-dist", "train", "--bogus", "1"]
+    ]
     continued = "for r in 0 1; do\n  X=1 denoise-dist train \\\n    --width 8 &\ndone; wait"
     assert [w for _, w in shell_commands(continued)][1] == ["denoise-dist", "train", "--width", "8"]
