@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import pickle
 import random
@@ -338,7 +339,12 @@ def test_no_secret_reaches_the_run_folder_and_nothing_is_world_writable(mnist_ro
     assert secret not in result.stdout + result.stderr
     files = [p for p in run.rglob("*")]
     assert any(p.suffix == ".wandb" for p in files), "the W&B offline run was not written"
+    # W&B sends the key as HTTP basic auth: base64 of "api:KEY" (and a netrc holds it raw).
+    encoded = base64.b64encode(f"api:{secret}".encode())
+    assert encoded.decode() not in result.stdout + result.stderr
     for path in files:
         if path.is_file():
-            assert secret.encode() not in path.read_bytes(), f"secret written to {path}"
+            content = path.read_bytes()
+            assert secret.encode() not in content, f"secret written to {path}"
+            assert encoded not in content, f"base64 'api:KEY' written to {path}"
         assert not path.stat().st_mode & 0o002, f"{path} is world-writable"
