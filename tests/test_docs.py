@@ -337,6 +337,13 @@ def test_the_checker_sees_the_defects_it_is_for(tmp_path):
     for line in good:
         (_, words), *_ = shell_commands(line)
         assert check_command(words, {}) is None, line
+    shown = tmp_path / "shown.md"  # a page's YAML block is the file its --config names
+    shown.write_text(
+        "```yaml\n# run.yaml\nsigma_max: lots\n```\n\n"
+        "```bash\ndenoise-dist train --config run.yaml\n```\n"
+    )
+    ((_, words),) = commands_of(shown)
+    assert "sigma_max" in str(check_command(words, named_yaml_blocks(tokens(shown), tmp_path)))
     console = "$ denoise-dist train --bogus 1\ndenoise-dist: error: unrecognized arguments"
     assert [w for _, w in shell_commands(console, console=True)] == [
         ["denoise-dist", "train", "--bogus", "1"]
