@@ -24,9 +24,10 @@ class DnCNN(nn.Module):
         self.body = nn.Sequential(*convs)
         # He initialisation keeps the signal's scale through the deep ReLU stack that the
         # paper's batch norm would otherwise keep.
-        for conv in self.body[:-1:2]:
-            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-            nn.init.zeros_(conv.bias)
+        for conv in self.body[:-1]:
+            if isinstance(conv, nn.Conv2d):
+                nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+                nn.init.zeros_(conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         denoised = x - self.body(x)
