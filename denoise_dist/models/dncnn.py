@@ -27,7 +27,7 @@ class DnCNN(nn.Module):
         for conv in self.body[:-1]:
             if isinstance(conv, nn.Conv2d):
                 nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
-                nn.init.zeros_(conv.bias)
+                nn.init.zeros_(conv.bias)  # type: ignore[arg-type]  # bias=True above
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         denoised = x - self.body(x)
