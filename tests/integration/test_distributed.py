@@ -5,6 +5,7 @@ without a GPU the configs named for the case must just work.
 """
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,21 @@ def test_deterministic_resume_on_four_processes_is_bit_exact(mnist_root, tmp_pat
     )
     differences = {k: (resumed[k] - straight[k]).abs().max().item() for k in resumed}
     assert all(torch.equal(resumed[k], straight[k]) for k in resumed), differences
+
+
+def test_a_hanging_rank_ends_the_job_within_the_dist_timeout(mnist_root, tmp_path):
+    """Rank 1 stops answering at step 3; rank 0's next collective gives up after
+    --dist-timeout, and the launcher then ends the hung rank (torchrun: 30 s at most)."""
+    dist_timeout, launcher_grace = 20, 30
+    run_dir = tmp_path / "run"
+    started = time.monotonic()
+    result = launch(
+        ["--config_file", str(CONFIGS / "cpu_ddp.yaml")],
+        str(FAULT_SCRIPT),
+        ["hang", "1", "3", *no_cpu_flag(tiny_args(run_dir, "--dist-timeout", str(dist_timeout)))],
+        timeout=FAILURE_BOUND_S,
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode != 0
+    assert elapsed < dist_timeout + launcher_grace + 60, f"took {elapsed:.0f} s"  # +60: start-up
+    assert not (run_dir / "summary.json").exists()
