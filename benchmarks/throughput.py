@@ -14,7 +14,8 @@ timed.
   model class, Adam, MSE and gradient clipping, in fp32.
 - `ours-<variant>`: the real `denoise-dist train`, read back from its metrics.jsonl.
   Variants: eager (the default), bf16 (--mixed-precision bf16), compile (--compile),
-  compile+bf16.
+  compile+bf16, cuda-graph (--cuda-graph: the whole step captured once and replayed; on a
+  CPU it runs eagerly), compile+cuda-graph.
 
 Also printed: the median wall time of each whole process (start-up, data, evaluation
 included), timed from outside. Figures are printed, never asserted.
@@ -39,6 +40,8 @@ VARIANT_FLAGS = {
     "bf16": ["--mixed-precision", "bf16"],
     "compile": ["--compile"],
     "compile+bf16": ["--compile", "--mixed-precision", "bf16"],
+    "cuda-graph": ["--cuda-graph", "--no-compile"],  # the whole step as one graph (CUDA)
+    "compile+cuda-graph": ["--compile", "--cuda-graph"],
 }
 
 
