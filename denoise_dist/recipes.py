@@ -2,8 +2,7 @@
 
 A recipe is a set of config values applied first, so a YAML file and flags still
 override any of them. The CPU recipes were chosen from the sweeps kept in
-benchmarks/quality_sweep.md; docs/configuration.md's "Recipes" table says what each reached,
-where.
+benchmarks/quality_sweep.md; the recipes table in docs/configuration.md says what each reached.
 """
 
 from __future__ import annotations
