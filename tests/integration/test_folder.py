@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from denoise_dist import data
 from tests.conftest import skimage_data
 from tests.helpers import (
     CONFIGS,
@@ -79,7 +80,9 @@ def test_trains_on_random_crops_and_names_the_file_it_skips(folder_run):
     assert config["data"]["dataset"] == "folder" and config["data"]["patch_size"] == 32
 
 
-def test_evaluate_scores_the_held_out_files_whole_against_the_baselines(folder_run, tmp_path):
+def test_evaluate_scores_the_held_out_files_whole_against_the_baselines(
+    folder_run, folder_with_a_bad_file, tmp_path
+):
     run, _ = folder_run
     out = tmp_path / "eval"
     result = run_cli(
@@ -90,6 +93,11 @@ def test_evaluate_scores_the_held_out_files_whole_against_the_baselines(folder_r
     report = json.loads((out / "eval.json").read_text())
     assert report["dataset"] == "folder" and report["split"].startswith("held-out files")
     assert report["num_images"] == 4
+    # Exactly the held-out files, the ones training never saw (tests/integration/test_folder_split)
+    _, held_out = data.folder_files(folder_with_a_bad_file, 4)
+    assert report["image_names"] == [
+        p.relative_to(folder_with_a_bad_file).as_posix() for p in held_out
+    ]
     assert report["blur_widths_from"].startswith("crops of the training files")
     for row in report["results"]:
         for method in ("model", "identity", "gaussian_blur", "median3x3"):

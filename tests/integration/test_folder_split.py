@@ -1,14 +1,11 @@
 """The held-out files of a folder, on which every own-image figure rests: fixed for every
-run, disjoint from the training files, the ones validation crops come from, and the ones
-`evaluate` scores."""
-
-import json
+run, disjoint from the training files, and the ones validation crops come from. That
+`evaluate` scores exactly them is checked in test_folder.py, on its trained run."""
 
 import pytest
 import torch
 
 from denoise_dist import data
-from tests.helpers import run_cli
 
 pytestmark = pytest.mark.integration
 HELD_OUT = 4
@@ -29,20 +26,3 @@ def test_the_held_out_files_are_fixed_and_disjoint_from_the_training_files(photo
         held_pixels = [p for _, p in data.read_folder_images(held_out, PATCH)]
         expected = data.fixed_crops(held_pixels, PATCH, data.VAL_CROPS_PER_IMAGE)
         assert torch.equal(splits.val, expected)
-
-
-def test_evaluate_scores_exactly_the_held_out_files(photo_folder, tmp_path):
-    run = tmp_path / "run"
-    args = ["--dataset", "folder", "--data-dir", str(photo_folder), "--output-dir", str(run),
-            "--width", "8", "--patch-size", str(PATCH), "--batch-size", "16",
-            "--max-steps", "2", "--eval-every", "2", "--checkpoint-every", "2",
-            "--val-size", str(HELD_OUT), "--seed", "3", "--cpu"]  # fmt: skip
-    assert run_cli("train", *args).returncode == 0
-    out = tmp_path / "eval"
-    result = run_cli(
-        "evaluate", str(run), "--sigmas", "0.1", "--out", str(out), "--baselines", "builtin"
-    )
-    assert result.returncode == 0, result.stderr
-    scored = json.loads((out / "eval.json").read_text())["image_names"]
-    _, held_out = data.folder_files(photo_folder, HELD_OUT)
-    assert scored == [p.relative_to(photo_folder).as_posix() for p in held_out]
