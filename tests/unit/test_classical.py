@@ -246,9 +246,9 @@ def test_installed_baselines_are_all_chosen_by_default_and_groups_expand():
 @pytest.mark.parametrize(
     "given, expected",
     [
-        (None, {"bm3d": 10, "nl_means": 1000, "tv": None, "wavelet": None}),
+        (None, {"bm3d": 10, "nl_means": 500, "tv": None, "wavelet": None}),
         (["3"], {"bm3d": 3, "nl_means": 3, "tv": None, "wavelet": None}),
-        (["bm3d=2", "tv=7"], {"bm3d": 2, "nl_means": 1000, "tv": 7, "wavelet": None}),
+        (["bm3d=2", "tv=7"], {"bm3d": 2, "nl_means": 500, "tv": 7, "wavelet": None}),
     ],
 )
 def test_baseline_caps(given, expected):
