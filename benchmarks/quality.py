@@ -82,8 +82,13 @@ def cell(result: dict) -> str:
     return f"{result['psnr']:.2f} / {result['ssim']:.3f}"
 
 
-def classical_baselines(report: dict) -> list[str]:
-    return [m for m in report.get("methods", []) if m not in ("model", "identity")]
+def classical_baselines(result: dict) -> list[str]:
+    """The classical methods scored in one row of eval.json's results."""
+    return [
+        name
+        for name, value in result.items()
+        if isinstance(value, dict) and "psnr" in value and name not in ("model", "identity")
+    ]
 
 
 def strongest(results_at_sigma: dict, names) -> str:
