@@ -35,7 +35,7 @@ import torch
 from denoise_dist import classical, data, figures, noise
 from denoise_dist.atomic import atomic_write, atomic_write_text
 from denoise_dist.config import Config, from_dict
-from denoise_dist.errors import ConfigError, DataError
+from denoise_dist.errors import ConfigError, DataError, UserError
 from denoise_dist.export import load_model, read_meta, resolve_model_path
 from denoise_dist.inference import denoise_batched
 from denoise_dist.metrics import psnr, ssim
@@ -421,7 +421,10 @@ def evaluate(args: argparse.Namespace) -> dict:
     caps = baseline_caps(args.max_baseline_images)
     model_path = resolve_model_path(args.model)
     meta = read_meta(model_path)
-    cfg = from_dict(meta["config"]) if "config" in meta else Config()
+    try:
+        cfg = from_dict(meta["config"]) if "config" in meta else Config()
+    except ConfigError as e:  # load_model leaves the saved config to its readers
+        raise UserError(f"{model_path} is not a valid model file: its config: {e}") from None
     noise_name = args.noise or cfg.noise.noise
     given = [
         (f, v)

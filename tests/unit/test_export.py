@@ -85,6 +85,17 @@ def test_a_bad_model_file_is_one_line_naming_it(
     assert "internal error" not in error and "Traceback" not in error
 
 
+def test_evaluate_names_a_model_file_whose_saved_config_is_not_valid(tmp_path, capsys):
+    meta = json.dumps({**GOOD, "config": {"train": {"batch_size": -1}}})
+    path = write_bad_file(tmp_path, "bad_config", meta, weights)
+    assert cli_main(["evaluate", str(path), "--cpu"]) == 1
+    error = capsys.readouterr().err
+    assert error == (
+        f"denoise-dist: error: {path} is not a valid model file: its config: "
+        "batch_size must be >= 1, got -1\n"
+    )
+
+
 def test_through_the_real_process(tmp_path):
     path = write_bad_file(tmp_path, *BAD_FILES[3][:3])
     for command in (
