@@ -148,11 +148,17 @@ def test_the_compiled_step_follows_the_eager_loss_curve(mnist_root, tmp_path):
     """--compile (CUDA graphs) against eager, the reference: the same batches and noise;
     inductor's fused kernels round differently, so the curves agree to a tolerance."""
     eager, compiled = tmp_path / "eager", tmp_path / "compiled"
-    assert run_cli("train", *gpu_args(eager)).returncode == 0
-    result = run_cli("train", *gpu_args(compiled, "--compile"), timeout=600)
+    # Inductor writes the kernels it generates here: proof that compiling happened.
+    kernels = {run: tmp_path / f"inductor-{run.name}" for run in (eager, compiled)}
+    env = {run: {"TORCHINDUCTOR_CACHE_DIR": str(kernels[run])} for run in kernels}
+    assert run_cli("train", *gpu_args(eager), env=env[eager]).returncode == 0
+    result = run_cli("train", *gpu_args(compiled, "--compile"), env=env[compiled], timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
+    summaries = {run: json.loads((run / "summary.json").read_text()) for run in kernels}
+    assert summaries[compiled]["compiled"] is True and summaries[eager]["compiled"] is False
+    assert any(kernels[compiled].rglob("*.py")) and not any(kernels[eager].rglob("*.py"))
     for (step, loss, _), (step_c, loss_c, _) in zip(loss_curve(eager), loss_curve(compiled),
                                                    strict=True):  # fmt: skip
         assert step == step_c and loss_c == pytest.approx(loss, rel=1e-2)
-    psnr = [json.loads((r / "summary.json").read_text())["val_psnr"] for r in (eager, compiled)]
+    psnr = [summaries[run]["val_psnr"] for run in (eager, compiled)]
     assert psnr[1] == pytest.approx(psnr[0], abs=0.1)
