@@ -102,13 +102,15 @@ def test_seed_ae_with_dropout_trains_alike_on_one_and_two_processes(mnist_root, 
     assert_same_training(tmp_path / "two", tmp_path / "one")
 
 
-def test_conv_ae_trains_alike_on_one_and_two_processes(mnist_root, tmp_path):
-    one = run_cli("train", *tiny_args(tmp_path / "one", "--model", "conv_ae", *EQUIVALENCE))
+@pytest.mark.parametrize("model", ["conv_ae", "dncnn"])
+def test_other_models_train_alike_on_one_and_two_processes(mnist_root, tmp_path, model):
+    flags = ["--model", model, *EQUIVALENCE]
+    one = run_cli("train", *tiny_args(tmp_path / "one", *flags))
     assert one.returncode == 0, one.stderr
     two = launch(
         ["--config_file", str(CONFIGS / "cpu_ddp.yaml")],
         "denoise_dist.train",
-        no_cpu_flag(tiny_args(tmp_path / "two", "--model", "conv_ae", *EQUIVALENCE)),
+        no_cpu_flag(tiny_args(tmp_path / "two", *flags)),
     )
     assert two.returncode == 0, two.stderr
     assert_same_training(tmp_path / "two", tmp_path / "one")

@@ -55,12 +55,13 @@ def test_short_training_beats_the_noisy_input_and_leaves_a_full_run_folder(mnist
     assert model(x).shape == x.shape
 
 
-def test_resume_is_exact(mnist_root, tmp_path):
+@pytest.mark.parametrize("model", ["unet", "dncnn"])
+def test_resume_is_exact(mnist_root, tmp_path, model):
     full, split = tmp_path / "full", tmp_path / "split"
-    assert run_cli("train", *tiny_args(full)).returncode == 0
-    first = run_cli("train", *tiny_args(split, "--max-steps", "10"))
+    assert run_cli("train", *tiny_args(full, "--model", model)).returncode == 0
+    first = run_cli("train", *tiny_args(split, "--model", model, "--max-steps", "10"))
     assert first.returncode == 0, first.stderr
-    second = run_cli("train", *tiny_args(split))  # --resume auto is the default
+    second = run_cli("train", *tiny_args(split, "--model", model))  # --resume auto: default
     assert second.returncode == 0, second.stderr
     assert "resumed from" in second.stdout
     assert_same_weights(final_weights(full, 20), final_weights(split, 20))

@@ -21,13 +21,16 @@ def test_receptive_radius_grows_with_depth():
     assert 8 <= radii[1] <= 64
 
 
-@pytest.mark.parametrize("depth, tile", [(2, 96), (3, 130)])
-def test_tiles_reproduce_the_whole_image(depth, tile):
-    torch.manual_seed(depth)
-    model = build_model("unet", width=6, depth=depth).eval()
+@pytest.mark.parametrize(
+    "name, kwargs, tile",
+    [("unet", {"depth": 2}, 96), ("unet", {"depth": 3}, 130), ("dncnn", {"layers": 17}, 96)],
+)
+def test_tiles_reproduce_the_whole_image(name, kwargs, tile):
+    torch.manual_seed(tile)
+    model = build_model(name, width=6, **kwargs).eval()
     photo, _ = images.read_gray(skimage_data() / "camera.png")  # 512 x 512
     x = photo[None, :, :301, :457]  # an odd size: the edges pad as in a whole pass
-    margin = receptive_radius(model) + model.stride
+    margin = receptive_radius(model) + getattr(model, "stride", 1)
     whole = denoise_batched(model, x)
     tiled = denoise_tiled(model, x, tile, margin)
     torch.testing.assert_close(tiled, whole, rtol=0, atol=2e-5)
