@@ -33,6 +33,11 @@ FAULT_SCRIPT = Path(__file__).with_name("inject_rank_fault.py")
 # meets a gradient spike near step 20 that magnifies the rounding to 2.5e-3 on a weight.
 WEIGHT_ATOL = 1e-5
 LOSS_RTOL = 1e-5
+# The gradient norm sums the squares of all 700k gradients, and its rounding follows the
+# batch split and the threads: on a loaded 2-core CPU, seen 3.3e-5 (1 process, 2 micro-
+# batches) and 5e-4 (2 processes x 2) apart at one step, while the losses kept 1e-5 and
+# the weights 1e-5. Unaccumulated runs stay within 1e-6.
+GRAD_RTOL = 1e-3
 EQUIVALENCE = ["--lr", "1e-3", "--val-size", "257"]  # 257: uneven evaluation shards
 PSNR_ATOL_DB = 1e-4
 STEPS = 20
@@ -48,7 +53,7 @@ def assert_same_training(run_dir, reference, world_size=2, per_process_batch=16)
     assert [s for s, *_ in curve] == [s for s, *_ in expected] == [5, 10, 15, 20]
     for (_, loss, grad), (_, loss_ref, grad_ref) in zip(curve, expected, strict=True):
         assert loss == pytest.approx(loss_ref, rel=LOSS_RTOL)
-        assert grad == pytest.approx(grad_ref, rel=LOSS_RTOL)
+        assert grad == pytest.approx(grad_ref, rel=GRAD_RTOL)
     vals, vals_ref = val_curve(run_dir), val_curve(reference)
     assert [s for s, *_ in vals] == [s for s, *_ in vals_ref] == [10, 20]
     for (_, psnr, ssim), (_, psnr_ref, ssim_ref) in zip(vals, vals_ref, strict=True):
