@@ -397,7 +397,11 @@ class CropTrainSet:
         left = local % self.position_widths[image]
         width = self.widths[image]
         start = self.offsets[image] + top * width + left
-        symmetry = rng.random_bits(rng.subkey(key, 2), rows) % len(self.patch_rows)
+        symmetry = (  # no draw without --augment: the one identity pattern for every row
+            rng.random_bits(rng.subkey(key, 2), rows) % len(self.patch_rows)
+            if len(self.patch_rows) > 1
+            else torch.zeros_like(rows)
+        )
         patch_rows, patch_cols = self.patch_rows[symmetry], self.patch_cols[symmetry]
         index = start[:, None] + patch_rows * width[:, None] + patch_cols
         crops = self.pixels[index].view(-1, self.patch, self.patch)
