@@ -1,7 +1,9 @@
-"""Crash-safe file writes: write a temporary sibling, fsync, then rename over the target."""
+"""Crash-safe file writes (write a temporary sibling, fsync, then rename over the target),
+and the checksum that checkpoints and the data fingerprint use."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,3 +37,12 @@ def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def sha256_file(path: Path) -> str:
+    """The file's SHA-256, read in 1 MiB chunks (bounded memory for any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -10,14 +10,13 @@ whose manifest is missing or does not match is skipped with a warning.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
 import warnings
 from pathlib import Path
 
-from denoise_dist.atomic import atomic_write_text, fsync_dir
+from denoise_dist.atomic import atomic_write_text, fsync_dir, sha256_file
 from denoise_dist.config import Config, diff
 from denoise_dist.errors import CheckpointError
 
@@ -52,18 +51,11 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path) -> None:
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     entries = {
-        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files
+        str(p.relative_to(folder)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in files
     }
     atomic_write_text(folder / MANIFEST, json.dumps(entries, indent=1, sort_keys=True))
 
@@ -80,7 +72,7 @@ def verify(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != expected["size"]:
             return f"{name} has {path.stat().st_size} bytes, manifest says {expected['size']}"
-        if _sha256(path) != expected["sha256"]:
+        if sha256_file(path) != expected["sha256"]:
             return f"{name} does not match its checksum"
     if STATE_FILE not in entries:
         return f"{STATE_FILE} is missing"

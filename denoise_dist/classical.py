@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from denoise_dist.errors import one_line
-from denoise_dist.metrics import psnr
+from denoise_dist.metrics import gaussian_kernel_1d, psnr
 
 # Candidate blur widths (kernel std in pixels) tried on the validation split.
 BLUR_WIDTHS = tuple(round(0.2 + 0.1 * i, 1) for i in range(29))  # 0.2 .. 3.0
@@ -39,17 +39,10 @@ def in_batches(method, images: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat(parts) if parts else images[:0]
 
 
-def gaussian_kernel_1d(width: float, device=None) -> torch.Tensor:
-    radius = max(1, math.ceil(3 * width))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
-    kernel = torch.exp(-(x**2) / (2 * width**2))
-    return kernel / kernel.sum()
-
-
 def gaussian_blur(noisy: torch.Tensor, width: float) -> torch.Tensor:
     """Separable Gaussian blur of std `width` pixels; edges replicated."""
-    kernel = gaussian_kernel_1d(width, noisy.device)
-    radius = len(kernel) // 2
+    radius = max(1, math.ceil(3 * width))
+    kernel = gaussian_kernel_1d(radius, width, torch.float32, noisy.device)
     x = F.pad(noisy.float(), (radius, radius, radius, radius), mode="replicate")
     x = F.conv2d(x, kernel.view(1, 1, 1, -1))
     return F.conv2d(x, kernel.view(1, 1, -1, 1))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from denoise_dist.data import DATASETS, FOLDER
+from denoise_dist.data import DATASETS
 from denoise_dist.errors import ConfigError
 from denoise_dist.models import MODELS
 from denoise_dist.noise import NOISES
@@ -44,7 +44,7 @@ def doc(text: str, **kw) -> Any:
 @dataclass
 class DataConfig:
     dataset: str = doc(
-        f"Dataset: {', '.join(DATASETS)} (a folder of your own images, with --data-dir).",
+        "Dataset: " + "; ".join(f"{name}: {kind.summary}" for name, kind in DATASETS.items()) + ".",
         default="mnist",
     )
     data_dir: str | None = doc(
@@ -350,9 +350,12 @@ def validate(cfg: Config) -> Config:
     checks = [
         (d.val_size is None or d.val_size >= 1, "val_size must be at least 1"),
         (d.patch_size >= 8, f"patch_size must be >= 8, got {d.patch_size}"),
-        (d.dataset != FOLDER or d.data_dir, "dataset folder needs --data-dir (the image folder)"),
         (
-            d.dataset != FOLDER or MODELS[m.model].fully_convolutional,
+            not DATASETS[d.dataset].needs_data_dir or d.data_dir,
+            f"dataset {d.dataset} needs --data-dir (the image folder)",
+        ),
+        (
+            not DATASETS[d.dataset].crops or MODELS[m.model].fully_convolutional,
             f"{m.model} takes 28x28 images only, so it cannot train on crops of a folder; "
             f"use {' or '.join(n for n, s in MODELS.items() if s.fully_convolutional)}",
         ),
@@ -381,7 +384,7 @@ def validate(cfg: Config) -> Config:
         (t.dist_timeout >= 1, "dist_timeout must be >= 1"),
         (t.output_dir != "", "output_dir must not be empty"),
         (
-            not t.cuda_graph or d.dataset != FOLDER,
+            not t.cuda_graph or not DATASETS[d.dataset].crops,
             "--cuda-graph supports MNIST-style datasets only, not folders (their crops are "
             "keyed on the host); drop --cuda-graph",
         ),

@@ -18,7 +18,6 @@ world-size changes exact.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import socket
 import warnings
@@ -29,6 +28,7 @@ import torch
 
 from denoise_dist import images as image_files
 from denoise_dist import rng
+from denoise_dist.atomic import sha256_file
 from denoise_dist.errors import DataError
 
 DATA_ENV = "DENOISE_DIST_DATA"
@@ -36,7 +36,26 @@ DEFAULT_ROOT = "./data"
 FOLDER = "folder"
 # MNIST-style datasets: torchvision's folder name (root/<name>/raw) and download class.
 TORCHVISION_NAMES = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST"}
-DATASETS = (*TORCHVISION_NAMES, FOLDER)
+
+
+@dataclass(frozen=True)
+class DatasetKind:
+    """One kind of training data, and what the rest of the package asks of it."""
+
+    summary: str
+    crops: bool  # trains on random crops of images of any size (else whole equal-size images)
+    needs_data_dir: bool  # --data-dir names the images themselves (else a data root)
+
+
+DATASETS: dict[str, DatasetKind] = {
+    **{
+        name: DatasetKind(f"{folder} (IDX files, 28x28)", crops=False, needs_data_dir=False)
+        for name, folder in TORCHVISION_NAMES.items()
+    },
+    FOLDER: DatasetKind(
+        "a folder of your own images (--data-dir)", crops=True, needs_data_dir=True
+    ),
+}
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -418,27 +437,20 @@ class Splits:
     description: str
 
 
-def load(
-    dataset: str,
-    root: Path,
-    val_size: int | None,
-    patch: int,
-    download: bool,
-    seed: int,
-    device,
-    first=None,
-    augment: bool = False,
-) -> Splits:
-    """The splits of `dataset` for training. `first` is a context in which only one
-    process runs first (so only one downloads)."""
+def load(settings, seed: int, device, first=None) -> Splits:
+    """The splits for training, as `settings` (the config's data section, or any object
+    with its fields) says. `first` is a context in which only one process runs first (so
+    only one downloads)."""
     from contextlib import nullcontext
 
     device = torch.device(device)
-    if dataset == FOLDER:  # nothing to download: every process reads at once, and none
-        return _load_folder(root, val_size, patch, seed, device, augment)  # waits meanwhile
+    dataset, root = settings.dataset, resolve_data_root(settings.data_dir)
+    val_size, patch = settings.val_size, settings.patch_size
+    if DATASETS[dataset].crops:  # nothing to download: every process reads at once, and
+        return _load_folder(root, val_size, patch, seed, device, settings.augment)  # none waits
     with first() if first is not None else nullcontext():
-        train = load_split(dataset, root, "train", download)
-        test = load_split(dataset, root, "test", download)
+        train = load_split(dataset, root, "train", settings.download)
+        test = load_split(dataset, root, "test", settings.download)
     train, val = split_train_val(train, DEFAULT_VAL_SIZE if val_size is None else val_size)
     return Splits(
         TensorTrainSet(train.to(device), seed),
@@ -511,7 +523,7 @@ def fingerprint(dataset: str, root: Path) -> dict[str, dict]:
     return {
         str(p.relative_to(root)): {
             "size": p.stat().st_size,
-            "sha256": hashlib.sha256(p.read_bytes()).hexdigest(),
+            "sha256": sha256_file(p),
         }
         for p in found
         if p is not None

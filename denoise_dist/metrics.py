@@ -1,11 +1,15 @@
-"""Per-image PSNR and SSIM in torch (data range 1.0), for batches [N, C, H, W]."""
+"""Per-image PSNR and SSIM in torch (data range 1.0), for batches [N, C, H, W], and
+`PerImageScores`, the one sharded scorer that training's validation and `evaluate` use."""
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 EPS = 1e-10
+SSIM_WINDOW = 11  # Wang et al. 2004; smaller images get the largest odd window they hold
 
 
 def psnr(pred: torch.Tensor, target: torch.Tensor, max_db: float = 100.0) -> torch.Tensor:
@@ -14,24 +18,29 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, max_db: float = 100.0) -> tor
     return (10 * torch.log10(1.0 / mse.clamp_min(EPS))).clamp_max(max_db)
 
 
-def gaussian_window(size: int = 11, sigma: float = 1.5, device=None) -> torch.Tensor:
-    """The 2-D Gaussian window [1, 1, size, size], normalised to sum 1."""
-    g = _gaussian_1d(size, sigma, device)
-    return (g[:, None] * g[None, :]).view(1, 1, size, size)
-
-
-def _gaussian_1d(size: int, sigma: float, device=None) -> torch.Tensor:
-    x = torch.arange(size, dtype=torch.float64, device=device) - (size - 1) / 2
+def gaussian_kernel_1d(radius: int, sigma: float, dtype=torch.float64, device=None) -> torch.Tensor:
+    """The normalised 1-D Gaussian of std `sigma` over [-radius, radius] (SSIM's window,
+    and the blur baseline's kernel)."""
+    x = torch.arange(-radius, radius + 1, dtype=dtype, device=device)
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
 
-def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = 11, sigma: float = 1.5):
+def ssim_window(height: int, width: int, size: int = SSIM_WINDOW) -> int:
+    """The SSIM window for an image: `size`, or the largest odd size the image holds
+    (an 8x8 crop gets 7x7; 'valid' filtering needs the window inside the image)."""
+    window = min(size, height, width)
+    return window - (1 - window % 2)
+
+
+def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = SSIM_WINDOW, sigma: float = 1.5):
     """Mean SSIM of each image (Wang et al. 2004: 11x11 Gaussian window of sigma 1.5,
-    K1=0.01, K2=0.03, 'valid' filtering as in the reference implementation)."""
+    K1=0.01, K2=0.03, 'valid' filtering as in the reference implementation; a smaller
+    window on images smaller than it, `ssim_window`)."""
     x, y = pred.double(), target.double()  # float32 variances cancel badly near flat areas
     channels = x.shape[1]
-    g = _gaussian_1d(size, sigma, x.device)
+    size = ssim_window(x.shape[-2], x.shape[-1], size)
+    g = gaussian_kernel_1d(size // 2, sigma, device=x.device)
     rows = g.view(1, 1, size, 1).expand(channels, 1, size, 1)
     cols = g.view(1, 1, 1, size).expand(channels, 1, 1, size)
 
@@ -49,16 +58,33 @@ def ssim(pred: torch.Tensor, target: torch.Tensor, size: int = 11, sigma: float 
     return ssim_map.flatten(1).mean(1)
 
 
-def quality_sums(pred: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """[sum of per-image PSNR, sum of per-image SSIM, image count] as float64, so that
-    sums from disjoint shards (or batches) add up to the whole set's."""
-    if len(pred) == 0:
-        return torch.zeros(3, dtype=torch.float64, device=clean.device)
-    count = torch.tensor(float(len(pred)), dtype=torch.float64, device=clean.device)
-    return torch.stack([psnr(pred, clean).double().sum(), ssim(pred, clean).double().sum(), count])
+class PerImageScores:
+    """Per-image PSNR and SSIM of a set scored in shards, under any number of labels (a
+    noise level, a method): each process scores its own images, `reduce` sums the tables
+    across processes, and every image then counts exactly once, whatever the sharding.
 
+    `values[*labels, image]` holds (PSNR, SSIM); `scored[*labels, image]` is 1 where
+    that image was scored under those labels."""
 
-def means(sums: torch.Tensor) -> tuple[float, float]:
-    """(mean PSNR, mean SSIM) from quality_sums totals."""
-    psnr_sum, ssim_sum, count = sums.tolist()
-    return psnr_sum / count, ssim_sum / count
+    def __init__(self, labels: Sequence[int], count: int):
+        self.values = torch.zeros(*labels, count, 2, dtype=torch.float64)
+        self.scored = torch.zeros(*labels, count, dtype=torch.float64)
+
+    def add(self, at: tuple, indices, pred: torch.Tensor, clean: torch.Tensor) -> None:
+        """Score images `indices` (global positions in the set) under labels `at`."""
+        self.values[at + (indices, 0)] = psnr(pred, clean).double().cpu()
+        self.values[at + (indices, 1)] = ssim(pred, clean).double().cpu()
+        self.scored[at + (indices,)] = 1
+
+    def reduce(self, all_reduce_sum: Callable[[torch.Tensor], torch.Tensor], device) -> None:
+        """Sum the tables across processes (`all_reduce_sum` returns the summed tensor)."""
+        self.values = all_reduce_sum(self.values.to(device)).cpu()
+        self.scored = all_reduce_sum(self.scored.to(device)).cpu()
+
+    def means(self, at: tuple) -> tuple[float, float] | None:
+        """(mean PSNR, mean SSIM) of the images scored under `at`; None if none were."""
+        scored = self.scored[at] > 0
+        if not scored.any():
+            return None
+        psnr_mean, ssim_mean = self.values[at][scored].mean(0).tolist()
+        return psnr_mean, ssim_mean

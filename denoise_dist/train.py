@@ -33,6 +33,7 @@ import torch
 from denoise_dist import checkpoint, data, figures, noise, runtime
 from denoise_dist.atomic import atomic_write_text
 from denoise_dist.config import Config, add_config_flags, config_from_args, from_dict
+from denoise_dist.console import progress_bar
 from denoise_dist.errors import (
     CheckpointError,
     ConfigError,
@@ -42,7 +43,7 @@ from denoise_dist.errors import (
 )
 from denoise_dist.export import BEST_MODEL, save_model
 from denoise_dist.inference import denoise_batched
-from denoise_dist.metrics import means, quality_sums
+from denoise_dist.metrics import PerImageScores
 from denoise_dist.models import build_model, model_kwargs
 from denoise_dist.preempt import PREEMPTED_EXIT_CODE, StopRequest
 from denoise_dist.step import EMA, graph_mode, lr_at, make_optimizer, make_train_step
@@ -246,31 +247,39 @@ class Evaluator:
 
     def __init__(self, cfg: Config, val_images: torch.Tensor, accelerator):
         self.accelerator = accelerator
-        shard = data.eval_shard(
-            len(val_images), accelerator.num_processes, accelerator.process_index
+        self.count = len(val_images)
+        self.shard = data.eval_shard(
+            self.count, accelerator.num_processes, accelerator.process_index
         )
         clean = data.to_float(val_images)
-        self.clean = clean[shard]
+        self.clean = clean[self.shard]
         n = cfg.noise
         params = noise.params_of(n.noise, n)
-        sets = {"": noise.fixed_noisy(clean, n.noise, params, "val", n.eval_seed)[shard]}
+        sets = {"": noise.fixed_noisy(clean, n.noise, params, "val", n.eval_seed)[self.shard]}
         for sigma in n.eval_sigmas:
             noisy = noise.fixed_noisy(clean, "gaussian", {"sigma": sigma}, "val", n.eval_seed)
-            sets[f"@{sigma:g}"] = noisy[shard]
+            sets[f"@{sigma:g}"] = noisy[self.shard]
         self.noisy_sets = sets
 
-    def _reduce(self, sums: torch.Tensor) -> tuple[float, float]:
-        return means(self.accelerator.reduce(sums, "sum"))
+    def _score(self, outputs: list[torch.Tensor]) -> list[tuple[float, float]]:
+        """Mean (PSNR, SSIM) over the whole set of each of this shard's outputs."""
+        scores = PerImageScores([len(outputs)], self.count)
+        for i, pred in enumerate(outputs):
+            scores.add((i,), self.shard, pred, self.clean)
+        scores.reduce(lambda t: self.accelerator.reduce(t, "sum"), self.accelerator.device)
+        return [scores.means((i,)) for i in range(len(outputs))]  # type: ignore[misc]
 
     def noisy_baseline(self) -> dict:
-        psnr, ssim = self._reduce(quality_sums(self.noisy_sets[""], self.clean))
+        ((psnr, ssim),) = self._score([self.noisy_sets[""]])
         return {"val_psnr_noisy": psnr, "val_ssim_noisy": ssim}
 
     def __call__(self, model) -> dict:
+        outputs = [
+            denoise_batched(model, noisy, autocast=self.accelerator.autocast)
+            for noisy in self.noisy_sets.values()
+        ]
         out = {}
-        for suffix, noisy in self.noisy_sets.items():
-            pred = denoise_batched(model, noisy, autocast=self.accelerator.autocast)
-            psnr, ssim = self._reduce(quality_sums(pred, self.clean))
+        for suffix, (psnr, ssim) in zip(self.noisy_sets, self._score(outputs), strict=True):
             out[f"val_psnr{suffix}"], out[f"val_ssim{suffix}"] = psnr, ssim
         return out
 
@@ -328,15 +337,7 @@ class Run:
         self.device = accelerator.device
         with self.phases("data"):
             self.splits = data.load(
-                cfg.data.dataset,
-                data.resolve_data_root(cfg.data.data_dir),
-                cfg.data.val_size,
-                cfg.data.patch_size,
-                cfg.data.download,
-                cfg.train.seed,
-                self.device,
-                accelerator.main_process_first,
-                augment=cfg.data.augment,
+                cfg.data, cfg.train.seed, self.device, accelerator.main_process_first
             )
             self.data_root = data.resolve_data_root(cfg.data.data_dir)
             self.fingerprint = data.fingerprint(cfg.data.dataset, self.data_root)
@@ -477,7 +478,7 @@ class Run:
             soft_wrap=True,
         )
         self.console.print(self.splits.description, soft_wrap=True)
-        if self.sharding.dropped_per_epoch and cfg.data.dataset != data.FOLDER:
+        if self.sharding.dropped_per_epoch and not data.DATASETS[cfg.data.dataset].crops:
             self.console.print(
                 f"each epoch skips {self.sharding.dropped_per_epoch} of "
                 f"{self.splits.train.num_examples} images (a different random set each "
@@ -660,33 +661,20 @@ def train(cfg: Config) -> dict:
 
 
 class ProgressBar:
-    """A rich progress bar on an interactive main process; silent elsewhere (logs get
-    the per-evaluation lines instead)."""
+    """The training bar on an interactive main process; silent elsewhere (logs get the
+    per-evaluation lines instead)."""
 
     def __init__(self, console, total: int, start: int):
-        self.bar = None
-        if console.is_terminal and not console.quiet:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TextColumn("loss {task.fields[loss]}"),
-                TimeRemainingColumn(),
-                console=console,
-            )
-            self.task = self.bar.add_task("train", total=total, completed=start, loss="-")
-            self.bar.start()
+        enabled = console.is_terminal and not console.quiet
+        self.bar = progress_bar(console, "loss", enabled=enabled)
+        self.task = self.bar.add_task("[bold]train", total=total, completed=start, loss="-")
+        self.bar.start()
 
     def update(self, step: int, loss: float) -> None:
-        if self.bar:
-            self.bar.update(self.task, completed=step, loss=f"{loss:.5f}")
+        self.bar.update(self.task, completed=step, loss=f"{loss:.5f}")
 
     def close(self) -> None:
-        if self.bar:
-            self.bar.stop()
-            self.bar = None
+        self.bar.stop()
 
 
 def print_summary(console, summary: dict, run_dir: Path) -> None:

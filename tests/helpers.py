@@ -54,6 +54,16 @@ def tiny_args(run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
+def folder_settings(folder: Path, val_size: int | None, patch: int, augment: bool = False):
+    """The data section of a config for `data.load` on an image folder."""
+    from denoise_dist.config import DataConfig
+
+    return DataConfig(
+        dataset="folder", data_dir=str(folder), val_size=val_size, patch_size=patch,
+        augment=augment, download=False,
+    )  # fmt: skip
+
+
 def run_cli(
     *args: str,
     env: dict | None = None,

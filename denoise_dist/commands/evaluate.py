@@ -35,10 +35,11 @@ import torch
 from denoise_dist import classical, data, figures, noise
 from denoise_dist.atomic import atomic_write, atomic_write_text
 from denoise_dist.config import Config, from_dict
+from denoise_dist.console import progress_bar
 from denoise_dist.errors import ConfigError, DataError, UserError
 from denoise_dist.export import load_model, read_meta, resolve_model_path
 from denoise_dist.inference import denoise_batched
-from denoise_dist.metrics import psnr, ssim
+from denoise_dist.metrics import PerImageScores
 from denoise_dist.runtime import process_state
 
 BUILTIN_METHODS = ("model", "identity", "gaussian_blur", "median3x3")
@@ -329,30 +330,25 @@ def builtin_output(method: str, noisy, model, width: float, batch_size: int) -> 
     return classical.in_batches(classical.median3x3, noisy, batch_size)
 
 
-class Scores:
-    """Per-image PSNR and SSIM of every method at every level, and which images each
-    method scored; summed across processes at the end."""
+class Scores(PerImageScores):
+    """Per-image PSNR and SSIM of every method at every level, which images each method
+    scored, and each method's seconds; summed across processes at the end."""
 
     def __init__(self, levels: int, methods: list[str], count: int):
+        super().__init__([levels, len(methods)], count)
         self.methods = methods
-        self.values = torch.zeros(levels, len(methods), count, 2, dtype=torch.float64)
-        self.scored = torch.zeros(levels, len(methods), count, dtype=torch.float64)
         self.seconds = torch.zeros(len(methods), dtype=torch.float64)
 
-    def add(self, level: int, method: str, indices, pred: torch.Tensor, clean: torch.Tensor):
-        j = self.methods.index(method)
-        self.values[level, j, indices, 0] = psnr(pred, clean).double().cpu()
-        # An image smaller than SSIM's 11x11 window gets the largest odd window it holds.
-        window = min(11, *clean.shape[-2:])
-        window -= 1 - window % 2
-        self.values[level, j, indices, 1] = ssim(pred, clean, size=window).double().cpu()
-        self.scored[level, j, indices] = 1
+    def add_method(self, level: int, method: str, indices, pred, clean) -> None:
+        self.add((level, self.methods.index(method)), indices, pred, clean)
 
-    def reduce(self, device) -> None:
-        for name in ("values", "scored", "seconds"):
-            summed = getattr(self, name).to(device)
-            torch.distributed.all_reduce(summed)
-            setattr(self, name, summed.cpu())
+    def reduce_all(self, device) -> None:
+        def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+            torch.distributed.all_reduce(t)
+            return t
+
+        self.reduce(all_reduce_sum, device)
+        self.seconds = all_reduce_sum(self.seconds.to(device)).cpu()
 
 
 def run_image_baselines(
@@ -378,7 +374,7 @@ def run_image_baselines(
             method, indices = pending[0][0], [k for _, k, _ in pending]
             pred = torch.stack([out for _, _, out in pending])
             clean = torch.stack([image_at(images.groups, k) for k in indices])
-            scores.add(level_index, method, indices, pred, clean)
+            scores.add_method(level_index, method, indices, pred, clean)
             pending.clear()
 
     task = progress.add_task(caption, total=len(work))
@@ -503,7 +499,7 @@ def evaluate(args: argparse.Namespace) -> dict:
                 for method in ("model", "identity", *BUILTIN_BASELINES):
                     if method in methods:
                         out = builtin_output(method, noisy, model, width, args.batch_size)
-                        scores.add(i, method, indices, out, clean)
+                        scores.add_method(i, method, indices, out, clean)
             if i == last:  # the hardest images: the model's worst at the highest level
                 model_psnr = scores.values[i, 0, :, 0].to(device)
                 if world > 1:
@@ -530,7 +526,7 @@ def evaluate(args: argparse.Namespace) -> dict:
             failures += [{level_name: level, **f} for f in level_failures]
             kept.update(level_kept)
     if world > 1:
-        scores.reduce(device)
+        scores.reduce_all(device)
         gathered: list = [None] * world
         torch.distributed.all_gather_object(gathered, (failures, kept))
         failures = [f for part_failures, _ in gathered for f in part_failures]
@@ -588,27 +584,10 @@ def evaluate(args: argparse.Namespace) -> dict:
 
 
 def baseline_progress(enabled: bool):
-    """A progress bar on stderr (the tables go to stdout) while the classical baselines run."""
+    """The bar on stderr (the tables go to stdout) while the classical baselines run."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
 
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
-    )
+    return progress_bar(Console(stderr=True), enabled=enabled, transient=True)
 
 
 def result_row(

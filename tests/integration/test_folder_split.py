@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from denoise_dist import data
+from tests.helpers import folder_settings
 
 pytestmark = pytest.mark.integration
 HELD_OUT = 4
@@ -18,7 +19,7 @@ def test_the_held_out_files_are_fixed_and_disjoint_from_the_training_files(photo
     assert sorted(train + held_out) == sorted(data.image_files.find_images(photo_folder, True))
     assert data.folder_files(photo_folder, HELD_OUT) == (train, held_out)  # every call
     for seed in (0, 1):  # the run's seed draws crops and noise, never the split
-        splits = data.load(data.FOLDER, photo_folder, HELD_OUT, PATCH, False, seed, "cpu")
+        splits = data.load(folder_settings(photo_folder, HELD_OUT, PATCH), seed, "cpu")
         # Training pixels are the training files' exactly; validation crops the held-out's.
         train_pixels = [p for _, p in data.read_folder_images(train, PATCH)]
         assert splits.train.nbytes == sum(p.numel() for p in train_pixels)

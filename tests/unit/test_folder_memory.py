@@ -12,6 +12,7 @@ from PIL import Image
 
 from denoise_dist import data
 from denoise_dist.errors import DataError
+from tests.helpers import folder_settings
 
 SIDE = 64  # each test image is SIDE x SIDE grey pixels
 
@@ -35,7 +36,7 @@ def never_decode(*args, **kwargs):
 
 
 def load_folder(root: Path, device="cpu", first=None) -> data.Splits:
-    return data.load(data.FOLDER, root, 1, 16, False, 0, device, first)
+    return data.load(folder_settings(root, 1, 16), 0, device, first)
 
 
 def test_a_folder_larger_than_free_memory_is_refused_before_decoding(folder, monkeypatch):

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from denoise_dist.metrics import gaussian_window, psnr, ssim
+from denoise_dist.metrics import gaussian_kernel_1d, psnr, ssim
 from tests.conftest import skimage_data
 
 
@@ -45,8 +45,6 @@ def test_ssim_of_negated_pattern_matches_closed_form():
     # Window statistics vary, but the mean must equal the analytic value per window on average.
     import torch.nn.functional as F
 
-    from denoise_dist.metrics import gaussian_window
-
     w = gaussian_window().float()
     mu = F.conv2d(x, w)
     var = F.conv2d(x * x, w) - mu**2
@@ -54,6 +52,12 @@ def test_ssim_of_negated_pattern_matches_closed_form():
     lum = (2 * mu * (1 - mu) + c1) / (mu**2 + (1 - mu) ** 2 + c1)
     expected = (lum * (-2 * var + c2) / (2 * var + c2)).mean().item()
     assert value == pytest.approx(expected, abs=1e-4)
+
+
+def gaussian_window() -> torch.Tensor:
+    """SSIM's 2-D window [1, 1, 11, 11], built directly as the outer product."""
+    g = gaussian_kernel_1d(5, 1.5)
+    return (g[:, None] * g[None, :]).view(1, 1, 11, 11)
 
 
 def test_psnr_decreases_with_noise():
@@ -106,3 +110,21 @@ def test_psnr_and_ssim_match_scikit_image_on_real_mnist(mnist_root):
             y, x, data_range=1.0, gaussian_weights=True, sigma=1.5, use_sample_covariance=False
         )
         assert ours_ssim[i].item() == pytest.approx(reference, abs=1e-4)
+
+
+def test_ssim_on_images_smaller_than_its_window_uses_the_largest_odd_window():
+    """The smallest training crop the config accepts (8x8) cannot hold the 11x11 window
+    (the 'valid' filtering would have no output): it is scored with the 7x7 truncated
+    Gaussian window, computed here directly in 2-D."""
+    torch.manual_seed(2)
+    clean = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+    noisy = (clean + 0.1 * torch.randn_like(clean)).clamp(0, 1)
+    g = gaussian_kernel_1d(3, 1.5)
+    w = (g[:, None] * g[None, :]).view(1, 1, 7, 7)
+    c1, c2 = 0.01**2, 0.03**2
+    mx, my = F.conv2d(noisy, w), F.conv2d(clean, w)
+    vx, vy = F.conv2d(noisy * noisy, w) - mx**2, F.conv2d(clean * clean, w) - my**2
+    cov = F.conv2d(noisy * clean, w) - mx * my
+    direct = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    assert torch.allclose(ssim(noisy, clean), direct.flatten(1).mean(1), atol=1e-12)
+    assert ssim(noisy[:, :, :7, :6], clean[:, :, :7, :6]).shape == (3,)  # 5x5 window
