@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from denoise_dist import images
+from denoise_dist.commands import add_model_argument
 from denoise_dist.errors import ConfigError, UserError
 from denoise_dist.export import load_model, read_meta, resolve_model_path
 from denoise_dist.images import BadImage
@@ -29,11 +30,7 @@ DEFAULT_TILE = 512
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model",
-        metavar="MODEL",
-        help="A run folder (its best_model.safetensors) or a .safetensors file.",
-    )
+    add_model_argument(parser)
     parser.add_argument(
         "inputs",
         metavar="INPUT",
