@@ -14,14 +14,13 @@ import torch
 
 from denoise_dist import images as image_files
 from denoise_dist import rng
-from denoise_dist.data import memory
-from denoise_dist.data.batches import CropTrainSet, to_float
-from denoise_dist.data.fingerprint import by_size_and_mtime
-from denoise_dist.data.kind import NUM_SAMPLES, SPLIT_SEED, DatasetKind, EvalImages, Splits
+from denoise_dist.data.batches import Sharding, to_float
+from denoise_dist.data.kind import NUM_SAMPLES, SPLIT_SEED, EvalImages, Splits
 from denoise_dist.errors import DataError
 
 VAL_CROPS_PER_IMAGE = 16
 MAX_TUNING_CROPS = 2000  # evaluate tunes its baselines on at most this many crops
+DEVICE_MEMORY_SHARE = 0.5  # keep a folder's pixels on the GPU only below this share of free memory
 
 
 def folder_files(root: Path, val_size: int | None) -> tuple[list[Path], list[Path]]:
@@ -74,6 +73,57 @@ def fixed_crops(images: list[torch.Tensor], size: int, per_image: int) -> torch.
     return torch.stack(crops)
 
 
+CGROUP_NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a huge number (2**63 - a page)
+
+
+def bytes_available(device: torch.device) -> int:
+    """Free memory where `device`'s tensors live: for the CPU, the host's free memory or
+    what this job's cgroup (SLURM's --mem, a container's limit) still allows, if less."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        host = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        host = 2**63
+    cgroup = cgroup_memory_free()
+    return host if cgroup is None else min(host, cgroup)
+
+
+def cgroup_memory_free(
+    root: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """Bytes this process's cgroup and every cgroup above it still allow (limit minus
+    usage, the tightest), or None where none sets a limit. cgroup v2 and v1."""
+    try:
+        lines = membership.read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: memory.max / memory.current
+            base, limit_file, usage_file = root, "memory.max", "memory.current"
+        elif "memory" in controllers.split(","):  # v1
+            base = root / "memory"
+            limit_file, usage_file = "memory.limit_in_bytes", "memory.usage_in_bytes"
+        else:
+            continue
+        free = []
+        folder = base / path.lstrip("/")
+        while True:
+            try:
+                limit = (folder / limit_file).read_text().strip()
+                if limit != "max" and int(limit) < CGROUP_NO_LIMIT:
+                    free.append(int(limit) - int((folder / usage_file).read_text()))
+            except (OSError, ValueError):
+                pass  # not mounted here, or not readable: no limit known at this level
+            if folder == base or base not in folder.parents:
+                break
+            folder = folder.parent
+        if free:
+            return max(0, min(free))
+    return None
+
+
 def check_memory(root: Path, files: list[Path]) -> None:
     """Refuse, before any pixel is decoded, a folder that every process on this machine
     cannot hold in host memory at once (each reads all of it)."""
@@ -85,13 +135,79 @@ def check_memory(root: Path, files: list[Path]) -> None:
         except image_files.BadImage:
             pass  # read_folder_images names it
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    free = memory.bytes_available(torch.device("cpu"))
+    free = bytes_available(torch.device("cpu"))
     if need * processes > free:
         each = f" for each of {processes} processes on this machine" if processes > 1 else ""
         raise DataError(
             f"{root} holds {need / 2**30:.1f} GiB of pixels{each}, more than the "
             f"{free / 2**30:.1f} GiB of memory free to this job; train on a subset of the folder"
         )
+
+
+class CropTrainSet:
+    """Random square crops from images of any size, packed into one flat uint8 tensor.
+
+    Every valid crop position of every image is equally likely (so larger images give
+    more crops). An epoch is as many crops as the images hold non-overlapping patches.
+    With `augment`, each crop is also flipped and rotated by one of the 8 symmetries of a
+    square, drawn like its position: 8x the distinct patches at no cost, the usual
+    augmentation for training denoisers on few images."""
+
+    def __init__(
+        self, pictures: list[torch.Tensor], patch: int, seed: int, device, augment: bool = False
+    ):
+        self.patch, self.seed, self.device = patch, seed, torch.device(device)
+        heights = torch.tensor([p.shape[0] for p in pictures])
+        widths = torch.tensor([p.shape[1] for p in pictures])
+        self.nbytes = int((heights * widths).sum())
+        # Keep the pixels on the device when they fit (GPU: in half its free memory);
+        # else on the host, where each batch's crops are gathered and then moved.
+        home = self.device
+        if home.type != "cpu" and self.nbytes > DEVICE_MEMORY_SHARE * bytes_available(home):
+            home = torch.device("cpu")
+        self.home = home
+        self.pixels = torch.cat([p.flatten() for p in pictures]).to(home)
+        self.offsets = (torch.cumsum(heights * widths, 0) - heights * widths).to(home)
+        self.widths = widths.to(home)
+        positions = (heights - patch + 1) * (widths - patch + 1)  # valid top-left corners
+        self.positions_before = (torch.cumsum(positions, 0) - positions).to(home)
+        self.position_ends = torch.cumsum(positions, 0).to(home)
+        self.position_widths = (widths - patch + 1).to(home)
+        self.total_positions = int(positions.sum())
+        self.num_examples = max(1, int((heights // patch * (widths // patch)).sum()))
+        within = torch.arange(patch, device=home)
+        rows, cols = within.repeat_interleave(patch), within.repeat(patch)
+        # Where each output pixel of a crop is read from, for each symmetry: [8 or 1, P*P].
+        flip = patch - 1
+        symmetries = [(rows, cols), (rows, flip - cols), (flip - rows, cols),
+                      (flip - rows, flip - cols), (cols, rows), (cols, flip - rows),
+                      (flip - cols, rows), (flip - cols, flip - rows)]  # fmt: skip
+        kept = symmetries if augment else symmetries[:1]
+        self.patch_rows = torch.stack([r for r, _ in kept])
+        self.patch_cols = torch.stack([c for _, c in kept])
+
+    def batch(self, step: int, rows: torch.Tensor, sharding: Sharding) -> torch.Tensor:
+        rows = rows.to(self.home)
+        key = rng.key("crop", self.seed, step, device=self.home)
+        # 62 random bits per row: a crop position, uniform over all valid positions.
+        high = rng.random_bits(rng.subkey(key, 0), rows) & 0x3FFFFFFF
+        low = rng.random_bits(rng.subkey(key, 1), rows)
+        position = ((high << 32) | low) % self.total_positions
+        image = torch.searchsorted(self.position_ends, position, right=True)
+        local = position - self.positions_before[image]
+        top = local // self.position_widths[image]
+        left = local % self.position_widths[image]
+        width = self.widths[image]
+        start = self.offsets[image] + top * width + left
+        symmetry = (  # no draw without --augment: the one identity pattern for every row
+            rng.random_bits(rng.subkey(key, 2), rows) % len(self.patch_rows)
+            if len(self.patch_rows) > 1
+            else torch.zeros_like(rows)
+        )
+        patch_rows, patch_cols = self.patch_rows[symmetry], self.patch_cols[symmetry]
+        index = start[:, None] + patch_rows * width[:, None] + patch_cols
+        crops = self.pixels[index].view(-1, self.patch, self.patch)
+        return to_float(crops.to(self.device, non_blocking=True))
 
 
 def load(settings, root: Path, seed: int, device, first) -> Splits:
@@ -138,14 +254,8 @@ def eval_images(settings, root: Path, max_images: int | None, first) -> EvalImag
 
 def fingerprint(root: Path) -> dict[str, dict]:
     """Every image's size and modification time (a stat per file, cheap for any number)."""
-    return by_size_and_mtime(root, image_files.find_images(root, recursive=True))
-
-
-KIND = DatasetKind(
-    "a folder of your own images (--data-dir)",
-    crops=True,
-    needs_data_dir=True,
-    load=load,
-    eval_images=eval_images,
-    fingerprint=fingerprint,
-)
+    stats = {p: p.stat() for p in image_files.find_images(root, recursive=True)}
+    return {
+        str(p.relative_to(root)): {"size": s.st_size, "mtime_ns": s.st_mtime_ns}
+        for p, s in stats.items()
+    }

@@ -8,22 +8,14 @@ from __future__ import annotations
 import gzip
 import math
 import socket
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from denoise_dist import rng
+from denoise_dist.atomic import sha256_file
+from denoise_dist.data import kind
 from denoise_dist.data.batches import TensorTrainSet, to_float
-from denoise_dist.data.fingerprint import by_size_and_sha256
-from denoise_dist.data.kind import (
-    DATA_ENV,
-    NUM_SAMPLES,
-    SPLIT_SEED,
-    DatasetKind,
-    EvalImages,
-    Splits,
-)
 from denoise_dist.errors import DataError
 
 # torchvision's folder name (root/<name>/raw) and download class.
@@ -93,7 +85,7 @@ def _where_to_put(dataset: str, root: Path) -> str:
     raw_dir = root / TORCHVISION_NAMES[dataset] / "raw"
     names = ", ".join(n for pair in FILES.values() for n in pair)
     return (
-        f"put {names} (or their .gz) in {raw_dir}, or point --data-dir / ${DATA_ENV} at a "
+        f"put {names} (or their .gz) in {raw_dir}, or point --data-dir / ${kind.DATA_ENV} at a "
         f"folder that has {TORCHVISION_NAMES[dataset]}/raw/"
     )
 
@@ -119,30 +111,32 @@ def split_train_val(images: torch.Tensor, val_size: int) -> tuple[torch.Tensor, 
     """Hold out `val_size` training images by a fixed permutation (independent of run seed)."""
     if val_size >= len(images):
         raise DataError(f"val_size {val_size} leaves no training images (have {len(images)})")
-    perm = torch.randperm(len(images), generator=rng.generator("split", SPLIT_SEED))
+    perm = torch.randperm(len(images), generator=rng.generator("split", kind.SPLIT_SEED))
     return images[perm[val_size:]], images[perm[:val_size]]
 
 
-def load(dataset: str, settings, root: Path, seed: int, device, first) -> Splits:
+def load(dataset: str, settings, root: Path, seed: int, device, first) -> kind.Splits:
     with first():  # only one process downloads
         train = load_split(dataset, root, "train", settings.download)
         test = load_split(dataset, root, "test", settings.download)
     train, val = split_train_val(train, _val_size(settings))
-    return Splits(
+    return kind.Splits(
         TensorTrainSet(train.to(device), seed),
         val.to(device),
-        test[:NUM_SAMPLES].to(device),
+        test[: kind.NUM_SAMPLES].to(device),
         f"{dataset}: {len(train)} training, {len(val)} validation images",
     )
 
 
-def eval_images(dataset: str, settings, root: Path, max_images: int | None, first) -> EvalImages:
+def eval_images(
+    dataset: str, settings, root: Path, max_images: int | None, first
+) -> kind.EvalImages:
     """The test split (its first `max_images`), one group; tuned on the validation split."""
     with first():
         test = load_split(dataset, root, "test", settings.download)
         train = load_split(dataset, root, "train", settings.download)
     val = split_train_val(train, _val_size(settings))[1]
-    return EvalImages(
+    return kind.EvalImages(
         [to_float(test[:max_images])],
         ["test"],
         to_float(val),
@@ -159,15 +153,8 @@ def fingerprint(dataset: str, root: Path) -> dict[str, dict]:
     """The IDX files by size and SHA-256: a replaced file of the same size is caught."""
     raw_dir = root / TORCHVISION_NAMES[dataset] / "raw"
     found = [_find(raw_dir, name) for pair in FILES.values() for name in pair]
-    return by_size_and_sha256(root, [p for p in found if p is not None])
-
-
-def dataset_kind(dataset: str) -> DatasetKind:
-    return DatasetKind(
-        f"{TORCHVISION_NAMES[dataset]} (IDX files, 28x28)",
-        crops=False,
-        needs_data_dir=False,
-        load=partial(load, dataset),
-        eval_images=partial(eval_images, dataset),
-        fingerprint=partial(fingerprint, dataset),
-    )
+    return {
+        str(p.relative_to(root)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in found
+        if p is not None
+    }

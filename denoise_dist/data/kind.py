@@ -1,6 +1,6 @@
 """What every dataset kind provides (`DatasetKind`): the splits training reads (`Splits`),
-the images `evaluate` scores and tunes on (`EvalImages`), and the fingerprint a resume
-compares; and what the kinds share."""
+the images `evaluate` scores and tunes on (`EvalImages`), and the fingerprint of its
+files that a resume compares (`fingerprint_changes`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from denoise_dist.data.batches import CropTrainSet, TensorTrainSet
+from denoise_dist.data.batches import TrainSet
 
 DATA_ENV = "DENOISE_DIST_DATA"
 SPLIT_SEED = 0  # the validation split is the same for every run seed
@@ -23,7 +23,7 @@ NUM_SAMPLES = 8  # rows of the noisy | denoised | clean grid
 class Splits:
     """What training reads: batches, the validation set, and the grid's sample images."""
 
-    train: TensorTrainSet | CropTrainSet
+    train: TrainSet
     val: torch.Tensor  # uint8 [N, H, W] on the device: held-out images or fixed crops
     samples: torch.Tensor  # uint8 [NUM_SAMPLES, H, W] on the device
     description: str
@@ -70,3 +70,21 @@ class DatasetKind:
     # (settings, root, max_images, first) -> EvalImages: the held-out images, whole.
     eval_images: Callable[..., EvalImages]
     fingerprint: Callable[[Path], dict[str, dict]]  # root -> {file: what a resume compares}
+
+
+def fingerprint_changes(old: dict, new: dict, root: Path) -> str | None:
+    """What differs between two fingerprints, in one line, or None."""
+    changes = {
+        "added": sorted(new.keys() - old.keys()),
+        "removed": sorted(old.keys() - new.keys()),
+        "changed": sorted(k for k in old.keys() & new.keys() if old[k] != new[k]),
+    }
+    return (
+        "; ".join(
+            f"{len(names)} file{'s' * (len(names) > 1)} {how} under {root}: {', '.join(names[:3])}"
+            + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            for how, names in changes.items()
+            if names
+        )
+        or None
+    )

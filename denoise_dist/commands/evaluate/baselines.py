@@ -11,16 +11,11 @@ import torch
 
 from denoise_dist import classical, data, noise
 from denoise_dist.commands.evaluate.inputs import centre_crop, image_at, process_share
+from denoise_dist.commands.evaluate.options import BUILTIN_BASELINES, SIGMA_KNOWN, Options
 from denoise_dist.commands.evaluate.scores import Scores
 from denoise_dist.inference import denoise_batched
 
-BUILTIN_BASELINES = ("gaussian_blur", "median3x3")
 BUILTIN_METHODS = ("model", "identity", *BUILTIN_BASELINES)  # batched, on every image
-SIGMA_KNOWN, SIGMA_ESTIMATED = "known", "estimated"
-SIGMA_SOURCES = {
-    SIGMA_KNOWN: "known: the standard deviation of (noisy - clean) on the tuning images",
-    SIGMA_ESTIMATED: "estimated from each noisy image (skimage.restoration.estimate_sigma)",
-}
 SCORE_CHUNK = 256  # images scored per metric call
 
 
@@ -33,19 +28,17 @@ class Tuning:
     factors: dict[str, float]  # each classical one's tuned factor
 
 
-def tune(
-    images: data.EvalImages, level: tuple[float, str, dict], seed: int, sigma_from: str,
-    classical_methods: list[str], device, batch_size: int,
-) -> Tuning:  # fmt: skip
-    _, name, params = level
-    noisy = noise.fixed_noisy(images.tuning, name, params, "val", seed)
+def tune(options: Options, images: data.EvalImages, name: str, params: dict, device) -> Tuning:
+    clean = images.tuning
+    noisy = noise.fixed_noisy(clean, name, params, "val", options.cfg.noise.eval_seed)
     width = classical.tune_blur_width(
-        noisy.to(device), images.tuning.to(device), batch_size=batch_size
+        noisy.to(device), clean.to(device), batch_size=options.batch_size
     )
-    sigma = classical.noise_sigma(noisy, images.tuning) if sigma_from == SIGMA_KNOWN else None
+    known = options.baseline_sigma == SIGMA_KNOWN
+    sigma = classical.noise_sigma(noisy, clean) if known else None
     factors = {
-        m: classical.tune_factor(classical.IMAGE_BASELINES[m], noisy, images.tuning, sigma)
-        for m in classical_methods
+        m: classical.tune_factor(classical.IMAGE_BASELINES[m], noisy, clean, sigma)
+        for m in options.classical_methods
     }
     return Tuning(width, sigma, factors)
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 from denoise_dist import classical, noise
 from denoise_dist.commands import add_model_argument
-from denoise_dist.commands.evaluate.baselines import (
-    BUILTIN_BASELINES,
-    SIGMA_ESTIMATED,
-    SIGMA_KNOWN,
-    SIGMA_SOURCES,
-)
 from denoise_dist.config import Config, from_dict
 from denoise_dist.errors import ConfigError, UserError
 from denoise_dist.export import read_meta, resolve_model_path
 
+BUILTIN_BASELINES = ("gaussian_blur", "median3x3")
+SIGMA_KNOWN, SIGMA_ESTIMATED = "known", "estimated"
+SIGMA_SOURCES = {
+    SIGMA_KNOWN: "known: the standard deviation of (noisy - clean) on the tuning images",
+    SIGMA_ESTIMATED: "estimated from each noisy image (skimage.restoration.estimate_sigma)",
+}
 BASELINE_GROUPS = {
     "all": (*BUILTIN_BASELINES, *classical.IMAGE_BASELINES),
     "builtin": BUILTIN_BASELINES,
@@ -111,6 +111,7 @@ class Options:
     baselines: list[str]  # the ones to run, in table order
     not_installed: list[str]  # those of the classical extra left out: it is not installed
     caps: dict[str, int | None]  # the most images each classical one scores (None: all)
+    batch_size: int  # images per forward pass
 
     @property
     def methods(self) -> list[str]:
@@ -154,6 +155,7 @@ def read_options(args: argparse.Namespace) -> Options:
         baselines,
         not_installed,
         caps,
+        args.batch_size,
     )
 
 

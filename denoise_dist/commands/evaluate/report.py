@@ -1,26 +1,38 @@
-"""What `evaluate` reports: eval.json, the PSNR-vs-level plot, the hardest images and
-the tables on stdout, built from `Results`."""
+"""What `evaluate` reports, from what scoring every level left (`Results`): eval.json,
+the PSNR-vs-level plot, the hardest images and the tables on stdout."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from denoise_dist import classical, data, figures, noise
 from denoise_dist.atomic import atomic_write, atomic_write_text
-from denoise_dist.commands.evaluate.baselines import SIGMA_SOURCES, Tuning, builtin_output
+from denoise_dist.commands.evaluate.baselines import Tuning, builtin_output
 from denoise_dist.commands.evaluate.inputs import centre_crop, image_at
-from denoise_dist.commands.evaluate.levels import Results
-from denoise_dist.commands.evaluate.options import Options
+from denoise_dist.commands.evaluate.options import SIGMA_SOURCES, Options
 from denoise_dist.commands.evaluate.scores import Scores
 
 MAX_PER_IMAGE = 100  # sets up to this size list every image's PSNR in eval.json
 EVAL_FILE, PLOT_FILE, HARDEST_FILE = "eval.json", "psnr_vs_sigma.png", "hardest.png"
 
 
-def build_report(options: Options, images: data.EvalImages, results: Results, world: int) -> dict:
+@dataclass
+class Results:
+    """What scoring every level leaves, gathered from every process."""
+
+    scores: Scores
+    tunings: list[Tuning] = field(default_factory=list)  # each level's
+    failures: list[dict] = field(default_factory=list)  # a classical method's, on one image
+    shown: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # figure crops
+    hardest: list[int] = field(default_factory=list)  # the model's worst, at the last level
+    noisy: list[torch.Tensor] = field(default_factory=list)  # the last level's noisy groups
+
+
+def build(options: Options, images: data.EvalImages, results: Results, world: int) -> dict:
     cfg, scores, level_name, methods = (
         options.cfg,
         results.scores,
@@ -116,13 +128,12 @@ def add_per_image(report: dict, scores: Scores, names: list[str] | None) -> None
             ]
 
 
-def write_outputs(
-    report: dict, out_dir: Path, model, images: data.EvalImages, results: Results, batch_size: int
-) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / EVAL_FILE, json.dumps(report, indent=2))
-    save_psnr_plot(report, out_dir / PLOT_FILE)
-    save_hardest_figure(report, out_dir / HARDEST_FILE, model, images, results, batch_size)
+def write(report: dict, options: Options, model, images: data.EvalImages, results: Results) -> None:
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(options.out_dir / EVAL_FILE, json.dumps(report, indent=2))
+    save_psnr_plot(report, options.out_dir / PLOT_FILE)
+    hardest = options.out_dir / HARDEST_FILE
+    save_hardest_figure(report, hardest, model, images, results, options.batch_size)
 
 
 def save_hardest_figure(
