@@ -33,19 +33,14 @@ class Results:
 
 
 def build(options: Options, images: data.EvalImages, results: Results, world: int) -> dict:
-    cfg, scores, level_name, methods = (
-        options.cfg,
-        results.scores,
-        options.level_name,
-        options.methods,
-    )
+    cfg, scores, methods = options.cfg, results.scores, options.methods
     report = {
         "model": str(options.model_path),
         "model_name": options.meta["model"],
         "step": options.meta.get("step"),
         "trained_noise": cfg.noise.noise,
         "noise": options.noise,
-        "level": level_name,
+        "level": options.level_name,
         "dataset": cfg.data.dataset,
         "split": images.split,
         "num_images": images.count,
@@ -53,10 +48,7 @@ def build(options: Options, images: data.EvalImages, results: Results, world: in
         "world_size": world,
         "blur_widths_from": images.tuning_from,
         "methods": methods,
-        "results": [
-            result_row(level_name, level, results.tunings[i], methods, scores, i, results.failures)
-            for i, (level, _, _) in enumerate(options.levels)
-        ],
+        "results": [result_row(options, results, i) for i in range(len(options.levels))],
     }
     if options.classical_methods:
         report["baselines"] = {
@@ -79,24 +71,25 @@ def build(options: Options, images: data.EvalImages, results: Results, world: in
     if fixed:
         report["fixed_params"] = fixed
     report["hardest"] = {
-        level_name: top,
+        options.level_name: top,
         "indices": results.hardest,
         "model_psnr": scores.of(len(options.levels) - 1, "model")[0][results.hardest].tolist(),
     }
     return report
 
 
-def result_row(
-    level_name: str, level: float, tuning: Tuning, methods: list[str], scores: Scores, i: int,
-    failures: list[dict],
-) -> dict:  # fmt: skip
+def result_row(options: Options, results: Results, i: int) -> dict:
+    """Level `i`: the baselines' settings, and each method's means, image count and the
+    images the model beats it on."""
+    level_name, level, scores = options.level_name, options.levels[i][0], results.scores
+    tuning = results.tunings[i]
     row: dict = {level_name: level, "blur_width": tuning.blur_width}
     if tuning.factors:
         row["baseline_sigma"] = tuning.sigma  # None: estimated per image
         if "tv" in tuning.factors:
             row["tv_weight_factor"] = tuning.factors["tv"]
     model_psnr = scores.of(i, "model")[0]
-    for method in methods:
+    for method in options.methods:
         psnr, ssim, scored = scores.of(i, method)
         n = int(scored.sum())
         psnrs, ssims = psnr[scored], ssim[scored]
@@ -107,7 +100,9 @@ def result_row(
         }
         if method != "model":
             entry["model_wins"] = int((model_psnr[scored] > psnrs).sum())
-            failed = [f for f in failures if f["method"] == method and f[level_name] == level]
+            failed = [
+                f for f in results.failures if f["method"] == method and f[level_name] == level
+            ]
             if failed:
                 entry["failed"] = len(failed)
         row[method] = entry
