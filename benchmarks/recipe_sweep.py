@@ -22,7 +22,7 @@ from denoise_dist import data, noise
 from denoise_dist.config import Config, overlay
 from denoise_dist.metrics import psnr, ssim
 from denoise_dist.models import build_model
-from denoise_dist.step import EMA, LOSSES, lr_at
+from denoise_dist.optim import EMA, LOSSES, lr_at
 
 
 def main() -> None:

@@ -1,10 +1,8 @@
-"""Typed run configuration: dataclass defaults, overlaid by a YAML file, then by CLI flags.
-
-Each pipeline stage owns a small dataclass. Field names are unique across sections, so
-every field is also a flat CLI flag (`batch_size` -> `--batch-size`) and a flat YAML key.
-A YAML file may use either flat keys or the section form (`optim: {lr: 0.001}`).
-The choices of dataset, noise, model and tracker come from those stages' tables.
-All checks live in `validate`; any problem raises `ConfigError` with a one-line message.
+"""Typed run configuration: dataclass defaults, overlaid by a YAML file, then by CLI flags
+(`config_overlay`: every field is a flat YAML key and a flag). Each pipeline stage owns a
+section; the choices of dataset, noise, model, loss, schedule, precision and tracker come
+from those stages' tables. All checks live in `validate`; any problem raises
+`ConfigError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -12,28 +10,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import types
-import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from denoise_dist.config_overlay import Sections, load_yaml
 from denoise_dist.data import DATASETS
 from denoise_dist.errors import ConfigError
 from denoise_dist.models import MODELS
 from denoise_dist.noise import NOISES
+from denoise_dist.optim import LOSSES, SCHEDULES
 from denoise_dist.recipes import RECIPES
+from denoise_dist.runtime import COMPILE_AUTO_MIN_STEPS, PRECISION_TO_ACCELERATE
 from denoise_dist.trackers import SINKS
 
-SCHEDULES = ("constant", "cosine")
-LOSS_NAMES = ("mse", "psnr")  # step.LOSSES
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 REPORT_TO = ("none", "all", *SINKS)
 WANDB_MODES = ("auto", "online", "offline", "disabled")
 # Spellings that earlier versions and YAML's booleans produce, and what they mean now.
 ALIASES = {"mixed_precision": {"no": "auto", False: "auto"}}
-# A compiled step saves ~4 ms per batch-128 step on an H100 and compiling costs ~10 s.
-COMPILE_AUTO_MIN_STEPS = 3000
 
 
 def doc(text: str, **kw) -> Any:
@@ -105,7 +98,7 @@ class ModelConfig:
 class OptimConfig:
     lr: float = doc("Adam learning rate (not scaled with the world size).", default=2e-3)
     weight_decay: float = doc("Adam weight decay.", default=0.0)
-    schedule: str = doc("Learning-rate schedule: constant or cosine.", default="constant")
+    schedule: str = doc(f"Learning-rate schedule: {' or '.join(SCHEDULES)}.", default="constant")
     warmup_steps: int = doc("Linear warmup steps.", default=0)
     grad_clip: float = doc("Clip the gradient norm to this (0 disables).", default=1.0)
     grad_accum: int = doc("Micro-batches accumulated per optimizer step.", default=1)
@@ -223,101 +216,10 @@ class Config:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
-
-
-def _section_classes() -> dict[str, type]:
-    hints = typing.get_type_hints(Config)
-    return {name: hints[name] for name in SECTIONS}
-
-
-def _field_index() -> dict[str, tuple[str, dataclasses.Field, Any]]:
-    """Flat field name -> (section, field, resolved type)."""
-    index = {}
-    for section, cls in _section_classes().items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            assert f.name not in index, f"field name {f.name} is not unique"
-            index[f.name] = (section, f, hints[f.name])
-    return index
-
-
-FIELDS = _field_index()
-
-
-def _strip_optional(tp) -> tuple[Any, bool]:
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
-
-
-def _coerce(name: str, value: Any, tp) -> Any:
-    """Check a YAML/CLI value against the field type; ints are accepted for floats."""
-    base, optional = _strip_optional(tp)
-    if value is None:
-        if optional:
-            return None
-        raise ConfigError(f"{name} must not be empty")
-    if typing.get_origin(base) is tuple:
-        item_type = typing.get_args(base)[0]
-        items = value if isinstance(value, list | tuple) else [value]
-        return tuple(_coerce(name, v, item_type) for v in items)
-    if base is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name} must be true or false, got {value!r}")
-    if base is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if base is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if base is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{name} must be a string, got {value!r}")
-    raise AssertionError(f"unsupported field type {tp}")
-
-
-def overlay(cfg: Config, values: dict, source: str) -> Config:
-    """Apply flat or sectioned overrides; unknown keys are errors."""
-    for key, value in values.items():
-        if key in SECTIONS and isinstance(value, dict):
-            for sub_key, sub_value in value.items():
-                if FIELDS.get(sub_key, (None,))[0] != key:
-                    raise ConfigError(f"unknown key {key}.{sub_key} in {source}")
-                overlay(cfg, {sub_key: sub_value}, source)
-            continue
-        name = key.replace("-", "_")
-        if name not in FIELDS:
-            raise ConfigError(f"unknown key {key!r} in {source}")
-        section, _, tp = FIELDS[name]
-        aliases = ALIASES.get(name, {})
-        if isinstance(value, str | bool) and value in aliases:
-            value = aliases[value]
-        setattr(getattr(cfg, section), name, _coerce(name, value, tp))
-    return cfg
-
-
-def load_yaml(path: str) -> dict:
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    try:
-        values = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        where = getattr(e, "problem_mark", None)
-        line = f" at line {where.line + 1}" if where else ""
-        raise ConfigError(f"config file {path} is not valid YAML{line}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of keys to values")
-    return values
+SECTIONS = Sections(Config, ALIASES)
+FIELDS = SECTIONS.fields
+overlay = SECTIONS.overlay
+add_config_flags = SECTIONS.add_flags
 
 
 def _choice(name: str, value: str, choices) -> None:
@@ -336,67 +238,72 @@ def trackers(report_to: tuple[str, ...]) -> tuple[str, ...]:
 
 def validate(cfg: Config) -> Config:
     """The one place where a config is checked. Raises ConfigError on the first problem."""
-    d, n, m, o, t, k = cfg.data, cfg.noise, cfg.model, cfg.optim, cfg.train, cfg.tracking
-    _choice("dataset", d.dataset, DATASETS)
-    _choice("noise", n.noise, NOISES)
-    _choice("model", m.model, MODELS)
-    _choice("schedule", o.schedule, SCHEDULES)
-    _choice("loss", o.loss, LOSS_NAMES)
-    _choice("mixed_precision", t.mixed_precision, PRECISIONS)
-    _choice("wandb_mode", k.wandb_mode, WANDB_MODES)
-    if t.recipe is not None:
-        _choice("recipe", t.recipe, RECIPES)
-    k.report_to = trackers(k.report_to)
-    checks = [
-        (d.val_size is None or d.val_size >= 1, "val_size must be at least 1"),
-        (d.patch_size >= 8, f"patch_size must be >= 8, got {d.patch_size}"),
+    _choice("dataset", cfg.data.dataset, DATASETS)
+    _choice("noise", cfg.noise.noise, NOISES)
+    _choice("model", cfg.model.model, MODELS)
+    _choice("schedule", cfg.optim.schedule, SCHEDULES)
+    _choice("loss", cfg.optim.loss, LOSSES)
+    _choice("mixed_precision", cfg.train.mixed_precision, PRECISION_TO_ACCELERATE)
+    _choice("wandb_mode", cfg.tracking.wandb_mode, WANDB_MODES)
+    if cfg.train.recipe is not None:
+        _choice("recipe", cfg.train.recipe, RECIPES)
+    cfg.tracking.report_to = trackers(cfg.tracking.report_to)
+    for ok, message in _value_checks(cfg):
+        if not ok:
+            raise ConfigError(message)
+    return cfg
+
+
+def _value_checks(cfg: Config) -> list[tuple[object, str]]:
+    """Every check of a value (after the choices), with its message, in order."""
+    data, noise, model, optim, train = cfg.data, cfg.noise, cfg.model, cfg.optim, cfg.train
+    dataset = DATASETS[data.dataset]
+    return [
+        (data.val_size is None or data.val_size >= 1, "val_size must be at least 1"),
+        (data.patch_size >= 8, f"patch_size must be >= 8, got {data.patch_size}"),
         (
-            not DATASETS[d.dataset].needs_data_dir or d.data_dir,
-            f"dataset {d.dataset} needs --data-dir (the image folder)",
+            not dataset.needs_data_dir or data.data_dir,
+            f"dataset {data.dataset} needs --data-dir (the image folder)",
         ),
         (
-            not DATASETS[d.dataset].crops or MODELS[m.model].fully_convolutional,
-            f"{m.model} takes 28x28 images only, so it cannot train on crops of a folder; "
-            f"use {' or '.join(n for n, s in MODELS.items() if s.fully_convolutional)}",
+            not dataset.crops or MODELS[model.model].fully_convolutional,
+            f"{model.model} takes 28x28 images only, so it cannot train on crops of a folder; "
+            f"use {' or '.join(name for name, s in MODELS.items() if s.fully_convolutional)}",
         ),
-        (n.sigma >= 0, f"sigma must be >= 0, got {n.sigma}"),
-        (0 <= n.sigma_min <= n.sigma_max, "need 0 <= sigma_min <= sigma_max"),
-        (0 <= n.salt_pepper <= 1, "salt_pepper must be in [0, 1]"),
-        (n.photons > 0, "photons must be > 0"),
-        (all(s >= 0 for s in n.eval_sigmas), "eval_sigmas must be >= 0"),
-        (m.width >= 1, "width must be >= 1"),
-        (1 <= m.depth <= 6, "depth must be in 1..6"),
-        (3 <= m.layers <= 64, "layers must be in 3..64"),
-        (0 <= m.dropout < 1, "dropout must be in [0, 1)"),
-        (o.lr > 0, f"lr must be > 0, got {o.lr}"),
-        (o.weight_decay >= 0, "weight_decay must be >= 0"),
-        (o.warmup_steps >= 0, "warmup_steps must be >= 0"),
-        (o.grad_clip >= 0, "grad_clip must be >= 0"),
-        (o.grad_accum >= 1, "grad_accum must be >= 1"),
-        (0 <= o.ema_decay < 1, f"ema_decay must be in [0, 1), got {o.ema_decay}"),
-        (t.batch_size >= 1, f"batch_size must be >= 1, got {t.batch_size}"),
-        (t.max_steps is None or t.max_steps >= 1, "max_steps must be >= 1"),
-        (t.epochs > 0, "epochs must be > 0"),
-        (t.eval_every >= 1, "eval_every must be >= 1"),
-        (t.log_every >= 1, "log_every must be >= 1"),
-        (t.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
-        (t.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-        (t.dist_timeout >= 1, "dist_timeout must be >= 1"),
-        (t.output_dir != "", "output_dir must not be empty"),
+        (noise.sigma >= 0, f"sigma must be >= 0, got {noise.sigma}"),
+        (0 <= noise.sigma_min <= noise.sigma_max, "need 0 <= sigma_min <= sigma_max"),
+        (0 <= noise.salt_pepper <= 1, "salt_pepper must be in [0, 1]"),
+        (noise.photons > 0, "photons must be > 0"),
+        (all(s >= 0 for s in noise.eval_sigmas), "eval_sigmas must be >= 0"),
+        (model.width >= 1, "width must be >= 1"),
+        (1 <= model.depth <= 6, "depth must be in 1..6"),
+        (3 <= model.layers <= 64, "layers must be in 3..64"),
+        (0 <= model.dropout < 1, "dropout must be in [0, 1)"),
+        (optim.lr > 0, f"lr must be > 0, got {optim.lr}"),
+        (optim.weight_decay >= 0, "weight_decay must be >= 0"),
+        (optim.warmup_steps >= 0, "warmup_steps must be >= 0"),
+        (optim.grad_clip >= 0, "grad_clip must be >= 0"),
+        (optim.grad_accum >= 1, "grad_accum must be >= 1"),
+        (0 <= optim.ema_decay < 1, f"ema_decay must be in [0, 1), got {optim.ema_decay}"),
+        (train.batch_size >= 1, f"batch_size must be >= 1, got {train.batch_size}"),
+        (train.max_steps is None or train.max_steps >= 1, "max_steps must be >= 1"),
+        (train.epochs > 0, "epochs must be > 0"),
+        (train.eval_every >= 1, "eval_every must be >= 1"),
+        (train.log_every >= 1, "log_every must be >= 1"),
+        (train.checkpoint_every >= 1, "checkpoint_every must be >= 1"),
+        (train.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+        (train.dist_timeout >= 1, "dist_timeout must be >= 1"),
+        (train.output_dir != "", "output_dir must not be empty"),
         (
-            not t.cuda_graph or not DATASETS[d.dataset].crops,
+            not train.cuda_graph or not dataset.crops,
             "--cuda-graph supports MNIST-style datasets only, not folders (their crops are "
             "keyed on the host); drop --cuda-graph",
         ),
         (
-            t.batch_size % o.grad_accum == 0,
-            f"batch_size {t.batch_size} must divide by grad_accum {o.grad_accum}",
+            train.batch_size % optim.grad_accum == 0,
+            f"batch_size {train.batch_size} must divide by grad_accum {optim.grad_accum}",
         ),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
-    return cfg
 
 
 def from_dict(values: dict) -> Config:
@@ -405,26 +312,6 @@ def from_dict(values: dict) -> Config:
 
 
 # --- CLI -------------------------------------------------------------------------------
-
-
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per field; defaults are suppressed so only explicit flags overlay."""
-    parser.add_argument("--config", metavar="YAML", help="YAML file overlaid on the defaults.")
-    for section, cls in _section_classes().items():
-        group = parser.add_argument_group(section)
-        for f in dataclasses.fields(cls):
-            _, _, tp = FIELDS[f.name]
-            base, _ = _strip_optional(tp)
-            flag = "--" + f.name.replace("_", "-")
-            help_text = f"{f.metadata['help']} (default: {f.default})"
-            kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
-            if base is bool:
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
-            elif typing.get_origin(base) is tuple:
-                item_type = typing.get_args(base)[0]
-                group.add_argument(flag, type=item_type, nargs="*", **kwargs)
-            else:
-                group.add_argument(flag, type=base, **kwargs)
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

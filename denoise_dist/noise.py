@@ -25,6 +25,7 @@ from denoise_dist import rng
 SIGMAS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 AMOUNTS = (0.1, 0.2, 0.3, 0.4, 0.5)
 Params = Mapping[str, float]
+TRAIN_NOISE_KEY = "train-noise"  # the first word of every training draw's key
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def add_noise(name: str, clean: torch.Tensor, draw: Draw, params: Params) -> tor
 
 def train_draw(seed: int, epoch: int, step: int, rows: torch.Tensor) -> Draw:
     """The randomness of training step `step`: the same on every rank and every resume."""
-    return Draw(rng.key("train-noise", seed, epoch, step, device=rows.device), rows)
+    return Draw(rng.key(TRAIN_NOISE_KEY, seed, epoch, step, device=rows.device), rows)
 
 
 def fixed_noisy(clean: torch.Tensor, name: str, params: Params, tag: str, seed: int):

@@ -40,10 +40,8 @@ RECIPES: dict[str, Recipe] = {
         "for a folder of photographs (--data-dir; pass your --sigma): unet, 2700 steps of "
         "16 flipped and rotated 64x64 crops in bf16: about 10 minutes on 2 CPU cores",
         {
-            "dataset": "folder", "augment": True, "patch_size": 64,
-            "model": "unet", "width": 32, "depth": 2, "batch_size": 16, "lr": 1e-3,
-            "schedule": "cosine", "warmup_steps": 100, "mixed_precision": "bf16",
-            "max_steps": 2700, "eval_every": 900, "checkpoint_every": 900,
+            **CPU, "dataset": "folder", "augment": True, "patch_size": 64, "batch_size": 16,
+            "lr": 1e-3, "max_steps": 2700, "eval_every": 900, "checkpoint_every": 900,
         },
     ),
     "gpu-5min": Recipe(
@@ -52,8 +50,7 @@ RECIPES: dict[str, Recipe] = {
         {
             "model": "unet", "width": 48, "depth": 2, "batch_size": 256, "lr": 1e-3,
             "schedule": "cosine", "warmup_steps": 500, "mixed_precision": "bf16",
-            "max_steps": 24000, "eval_every": 6000,
-            "checkpoint_every": 6000,
+            "max_steps": 24000, "eval_every": 6000, "checkpoint_every": 6000,
         },
     ),
 }  # fmt: skip

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from denoise_dist.config import COMPILE_AUTO_MIN_STEPS
 from denoise_dist.errors import ConfigError
 
 # What --mixed-precision asks Accelerate for (None: the launcher's choice).
 PRECISION_TO_ACCELERATE = {"auto": None, "fp32": "no", "fp16": "fp16", "bf16": "bf16"}
+# A compiled step saves ~4 ms per batch-128 step on an H100 and compiling costs ~10 s.
+COMPILE_AUTO_MIN_STEPS = 3000
 
 
 def accelerator_available() -> bool:

@@ -2,10 +2,12 @@
 
 - each relative link and image resolves to a file in the repository, and each `#anchor`
   to a heading of the linked page (GitHub's slug rules);
-- each command line of a fenced code block that runs the package (`denoise-dist ...`,
-  `python -m denoise_dist...`, `accelerate launch ... -m denoise_dist.train ...`,
-  `sbatch slurm/<template> <train flags>`) parses with the package's real argument parser,
-  and a `train` line's flags pass the config's validation, without running anything;
+- each command line of a fenced code block, and each inline code span of the prose, that
+  runs the package (`denoise-dist ...`, `python -m denoise_dist...`, `accelerate launch
+  ... -m denoise_dist.train ...`, `sbatch slurm/<template> <train flags>`) parses with the
+  package's real argument parser, and a `train` line's flags pass the config's
+  validation, without running anything (an inline span without arguments, such as
+  `denoise-dist evaluate`, names a command and is not parsed);
 - README.md stays short, starts with the two commands `.ci/run` runs, and links every
   page of docs/.
 
@@ -274,6 +276,44 @@ def commands_of(page: Path) -> list[tuple[int, list[str]]]:
     return found
 
 
+RUNS_THE_PACKAGE = re.compile(r"(denoise-dist|python3? -m denoise_dist|accelerate launch|sbatch)\b")
+
+
+def is_a_name(words: list[str]) -> bool:
+    """`denoise-dist evaluate`, `python -m denoise_dist`, `accelerate launch`: a command
+    named in prose, with no arguments to check."""
+    words = [w for w in words if w not in ELLIPSIS]
+    return len(words) <= (4 if words[0].startswith("python") else 2)
+
+
+def inline_commands_of(page: Path) -> list[tuple[int, list[str]]]:
+    """(line, words) of each inline code span of the prose that runs the package."""
+    found = []
+    for token in tokens(page):
+        line = token.map[0] + 1 if token.map else 0
+        for child in token.children or [] if token.type == "inline" else []:
+            if child.type in ("softbreak", "hardbreak"):
+                line += 1
+            elif child.type == "code_inline" and RUNS_THE_PACKAGE.match(child.content):
+                found += [
+                    (line, words)
+                    for _, words in shell_commands(child.content)
+                    if not is_a_name(words)
+                ]
+    return found
+
+
+@pytest.mark.parametrize("page", MARKDOWN, ids=relative)
+def test_commands_in_prose_parse(page, tmp_path):
+    yaml_files = named_yaml_blocks(tokens(page), tmp_path)
+    problems = [
+        f"{relative(page)}:{line}: `{shlex.join(words)}`\n    {problem}"
+        for line, words in inline_commands_of(page)
+        if (problem := check_command(words, yaml_files))
+    ]
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("page", MARKDOWN, ids=relative)
 def test_commands_in_fenced_blocks_parse(page, tmp_path):
     yaml_files = named_yaml_blocks(tokens(page), tmp_path)
@@ -348,5 +388,13 @@ def test_the_checker_sees_the_defects_it_is_for(tmp_path):
     assert [w for _, w in shell_commands(console, console=True)] == [
         ["denoise-dist", "train", "--bogus", "1"]
     ]
+    prose = tmp_path / "prose.md"  # inline spans: a command is checked, a name is not
+    prose.write_text(
+        "Run `denoise-dist evaluate --max-images 500`, then\n`denoise-dist train --widht 8`"
+        " (see `denoise-dist evaluate`, `accelerate launch` and `python -m denoise_dist`).\n"
+    )
+    found = inline_commands_of(prose)
+    assert [(line, words[1]) for line, words in found] == [(1, "evaluate"), (2, "train")]
+    assert all(check_command(words, {}) for _, words in found)
     continued = "for r in 0 1; do\n  X=1 denoise-dist train \\\n    --width 8 &\ndone; wait"
     assert [w for _, w in shell_commands(continued)][1] == ["denoise-dist", "train", "--width", "8"]

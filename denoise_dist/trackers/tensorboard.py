@@ -1,8 +1,9 @@
 """TensorBoard, through Accelerate's TensorBoardTracker: event files in <run>/tensorboard/.
 
 The same scalars as W&B under the same names, the noisy | denoised | clean grid at every
-evaluation (with its caption as text), and the config as hyperparameters. View with
-`tensorboard --logdir runs/`. Needs the tensorboard package (`pip install tensorboard`).
+evaluation (with its caption as text), and the config and launch facts as
+hyperparameters, in the run's own event file: `tensorboard --logdir runs/` lists each run
+once. Needs the tensorboard package (`pip install tensorboard`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 from denoise_dist.trackers.base import Sink
 
 TENSORBOARD_DIR = "tensorboard"
+HPARAMS_METRICS = ("val/psnr", "val/ssim")  # the HPARAMS tab's columns, read from the run
 
 
 def flat_hparams(config: dict, prefix: str = "") -> dict:
@@ -39,8 +41,22 @@ class TensorBoardSink(Sink):
         self.tracker = TensorBoardTracker(self.info.run_id, self.info.run_dir / TENSORBOARD_DIR)
         self.tracker.start()
         if not self.info.resumed:
-            self.tracker.store_init_configuration(flat_hparams(self.info.config))
+            self.write_hparams(flat_hparams({**self.info.config, "launch": self.info.launch}))
         return True
+
+    def write_hparams(self, values: dict) -> None:
+        """The hyperparameters' three summaries, in the run's own event file.
+
+        Not Accelerate's store_init_configuration: it calls SummaryWriter.add_hparams,
+        which writes them to a new sub-folder <run id>/<timestamp>, and TensorBoard then
+        lists every run twice. The metrics are named only; the HPARAMS tab reads their
+        values from the run's own scalars."""
+        from torch.utils.tensorboard.summary import hparams
+
+        writer = self.tracker.writer
+        for summary in hparams(values, dict.fromkeys(HPARAMS_METRICS, 0.0)):
+            writer.file_writer.add_summary(summary)
+        writer.flush()
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.tracker.log(values, step=step)

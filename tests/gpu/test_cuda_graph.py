@@ -11,8 +11,10 @@ import pytest
 import torch
 
 from denoise_dist import data
+from denoise_dist.graph_step import CaptureSafeStep, GraphedStep
 from denoise_dist.models import build_model, model_kwargs
-from denoise_dist.step import EMA, CaptureSafeStep, GraphedStep, TrainStep, make_optimizer
+from denoise_dist.optim import EMA, make_optimizer
+from denoise_dist.plain_step import TrainStep
 from tests.helpers import assert_same_weights, final_weights, loss_curve, run_cli, startup_line
 from tests.unit.test_step_capture import BATCH, IMAGES, STEPS, config, images
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from denoise_dist import config, runtime
-from denoise_dist.config import COMPILE_AUTO_MIN_STEPS
 from denoise_dist.errors import ConfigError
+from denoise_dist.runtime import COMPILE_AUTO_MIN_STEPS
 from tests.helpers import CONFIGS
 
 LAUNCHED = {"LOCAL_RANK": "0", "WORLD_SIZE": "2"}

@@ -13,16 +13,12 @@ import torch
 from denoise_dist import data
 from denoise_dist.config import Config, overlay, validate
 from denoise_dist.errors import ConfigError
+from denoise_dist.graph_step import CaptureSafeStep
 from denoise_dist.models import build_model, model_kwargs
+from denoise_dist.optim import EMA, make_optimizer
+from denoise_dist.plain_step import TrainStep
 from denoise_dist.runtime import check_graphable
-from denoise_dist.step import (
-    EMA,
-    CaptureSafeStep,
-    TrainStep,
-    graph_mode,
-    make_optimizer,
-    make_train_step,
-)
+from denoise_dist.step import graph_mode, make_train_step
 
 IMAGES = 80  # 5 steps per epoch at batch 16: 12 steps cross two epoch boundaries
 BATCH = 16

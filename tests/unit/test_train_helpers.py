@@ -6,7 +6,7 @@ import torch
 from denoise_dist.checkpoint import check_length
 from denoise_dist.config import Config, overlay
 from denoise_dist.errors import CheckpointError, ConfigError, TrainingDiverged
-from denoise_dist.step import EMA, lr_at
+from denoise_dist.optim import EMA, lr_at
 from denoise_dist.train import (
     check_finite,
     compile_decision,
@@ -112,11 +112,14 @@ def test_ema_warms_up_then_averages():
 
 
 def test_the_psnr_objective_is_minus_the_mean_per_image_psnr():
-    from denoise_dist.config import LOSS_NAMES
+    from denoise_dist.config import validate
     from denoise_dist.metrics import psnr
-    from denoise_dist.step import LOSSES
+    from denoise_dist.optim import LOSSES
 
-    assert set(LOSS_NAMES) == set(LOSSES)
+    for name in LOSSES:  # --loss accepts exactly the table's keys
+        validate(config(loss=name))
+    with pytest.raises(ConfigError, match="loss must be one of mse, psnr; got 'l1'"):
+        validate(config(loss="l1"))
     clean = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     pred = clean + 0.05 * torch.arange(1, 7).view(6, 1, 1, 1) * torch.randn(clean.shape)
     mse = (pred - clean).pow(2).flatten(1).mean(1)
