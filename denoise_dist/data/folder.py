@@ -20,6 +20,7 @@ from denoise_dist.errors import DataError
 
 VAL_CROPS_PER_IMAGE = 16
 MAX_TUNING_CROPS = 2000  # evaluate tunes its baselines on at most this many crops
+CGROUP_NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a huge number (2**63 - a page)
 DEVICE_MEMORY_SHARE = 0.5  # keep a folder's pixels on the GPU only below this share of free memory
 
 
@@ -73,7 +74,70 @@ def fixed_crops(images: list[torch.Tensor], size: int, per_image: int) -> torch.
     return torch.stack(crops)
 
 
-CGROUP_NO_LIMIT = 2**60  # cgroup v1 writes "no limit" as a huge number (2**63 - a page)
+class CropTrainSet:
+    """Random square crops from images of any size, packed into one flat uint8 tensor.
+
+    Every valid crop position of every image is equally likely (so larger images give
+    more crops). An epoch is as many crops as the images hold non-overlapping patches.
+    With `augment`, each crop is also flipped and rotated by one of the 8 symmetries of a
+    square, drawn like its position: 8x the distinct patches at no cost, the usual
+    augmentation for training denoisers on few images."""
+
+    def __init__(
+        self, pictures: list[torch.Tensor], patch: int, seed: int, device, augment: bool = False
+    ):
+        self.patch, self.seed, self.device = patch, seed, torch.device(device)
+        heights = torch.tensor([p.shape[0] for p in pictures])
+        widths = torch.tensor([p.shape[1] for p in pictures])
+        self.nbytes = int((heights * widths).sum())
+        # Keep the pixels on the device when they fit (GPU: in half its free memory);
+        # else on the host, where each batch's crops are gathered and then moved.
+        home = self.device
+        if home.type != "cpu" and self.nbytes > DEVICE_MEMORY_SHARE * bytes_available(home):
+            home = torch.device("cpu")
+        self.home = home
+        self.pixels = torch.cat([p.flatten() for p in pictures]).to(home)
+        self.offsets = (torch.cumsum(heights * widths, 0) - heights * widths).to(home)
+        self.widths = widths.to(home)
+        positions = (heights - patch + 1) * (widths - patch + 1)  # valid top-left corners
+        self.positions_before = (torch.cumsum(positions, 0) - positions).to(home)
+        self.position_ends = torch.cumsum(positions, 0).to(home)
+        self.position_widths = (widths - patch + 1).to(home)
+        self.total_positions = int(positions.sum())
+        self.num_examples = max(1, int((heights // patch * (widths // patch)).sum()))
+        within = torch.arange(patch, device=home)
+        rows, cols = within.repeat_interleave(patch), within.repeat(patch)
+        # Where each output pixel of a crop is read from, for each symmetry: [8 or 1, P*P].
+        flip = patch - 1
+        symmetries = [(rows, cols), (rows, flip - cols), (flip - rows, cols),
+                      (flip - rows, flip - cols), (cols, rows), (cols, flip - rows),
+                      (flip - cols, rows), (flip - cols, flip - rows)]  # fmt: skip
+        kept = symmetries if augment else symmetries[:1]
+        self.patch_rows = torch.stack([r for r, _ in kept])
+        self.patch_cols = torch.stack([c for _, c in kept])
+
+    def batch(self, step: int, rows: torch.Tensor, sharding: Sharding) -> torch.Tensor:
+        rows = rows.to(self.home)
+        key = rng.key("crop", self.seed, step, device=self.home)
+        # 62 random bits per row: a crop position, uniform over all valid positions.
+        high = rng.random_bits(rng.subkey(key, 0), rows) & 0x3FFFFFFF
+        low = rng.random_bits(rng.subkey(key, 1), rows)
+        position = ((high << 32) | low) % self.total_positions
+        image = torch.searchsorted(self.position_ends, position, right=True)
+        local = position - self.positions_before[image]
+        top = local // self.position_widths[image]
+        left = local % self.position_widths[image]
+        width = self.widths[image]
+        start = self.offsets[image] + top * width + left
+        symmetry = (  # no draw without --augment: the one identity pattern for every row
+            rng.random_bits(rng.subkey(key, 2), rows) % len(self.patch_rows)
+            if len(self.patch_rows) > 1
+            else torch.zeros_like(rows)
+        )
+        patch_rows, patch_cols = self.patch_rows[symmetry], self.patch_cols[symmetry]
+        index = start[:, None] + patch_rows * width[:, None] + patch_cols
+        crops = self.pixels[index].view(-1, self.patch, self.patch)
+        return to_float(crops.to(self.device, non_blocking=True))
 
 
 def bytes_available(device: torch.device) -> int:
@@ -142,72 +206,6 @@ def check_memory(root: Path, files: list[Path]) -> None:
             f"{root} holds {need / 2**30:.1f} GiB of pixels{each}, more than the "
             f"{free / 2**30:.1f} GiB of memory free to this job; train on a subset of the folder"
         )
-
-
-class CropTrainSet:
-    """Random square crops from images of any size, packed into one flat uint8 tensor.
-
-    Every valid crop position of every image is equally likely (so larger images give
-    more crops). An epoch is as many crops as the images hold non-overlapping patches.
-    With `augment`, each crop is also flipped and rotated by one of the 8 symmetries of a
-    square, drawn like its position: 8x the distinct patches at no cost, the usual
-    augmentation for training denoisers on few images."""
-
-    def __init__(
-        self, pictures: list[torch.Tensor], patch: int, seed: int, device, augment: bool = False
-    ):
-        self.patch, self.seed, self.device = patch, seed, torch.device(device)
-        heights = torch.tensor([p.shape[0] for p in pictures])
-        widths = torch.tensor([p.shape[1] for p in pictures])
-        self.nbytes = int((heights * widths).sum())
-        # Keep the pixels on the device when they fit (GPU: in half its free memory);
-        # else on the host, where each batch's crops are gathered and then moved.
-        home = self.device
-        if home.type != "cpu" and self.nbytes > DEVICE_MEMORY_SHARE * bytes_available(home):
-            home = torch.device("cpu")
-        self.home = home
-        self.pixels = torch.cat([p.flatten() for p in pictures]).to(home)
-        self.offsets = (torch.cumsum(heights * widths, 0) - heights * widths).to(home)
-        self.widths = widths.to(home)
-        positions = (heights - patch + 1) * (widths - patch + 1)  # valid top-left corners
-        self.positions_before = (torch.cumsum(positions, 0) - positions).to(home)
-        self.position_ends = torch.cumsum(positions, 0).to(home)
-        self.position_widths = (widths - patch + 1).to(home)
-        self.total_positions = int(positions.sum())
-        self.num_examples = max(1, int((heights // patch * (widths // patch)).sum()))
-        within = torch.arange(patch, device=home)
-        rows, cols = within.repeat_interleave(patch), within.repeat(patch)
-        # Where each output pixel of a crop is read from, for each symmetry: [8 or 1, P*P].
-        flip = patch - 1
-        symmetries = [(rows, cols), (rows, flip - cols), (flip - rows, cols),
-                      (flip - rows, flip - cols), (cols, rows), (cols, flip - rows),
-                      (flip - cols, rows), (flip - cols, flip - rows)]  # fmt: skip
-        kept = symmetries if augment else symmetries[:1]
-        self.patch_rows = torch.stack([r for r, _ in kept])
-        self.patch_cols = torch.stack([c for _, c in kept])
-
-    def batch(self, step: int, rows: torch.Tensor, sharding: Sharding) -> torch.Tensor:
-        rows = rows.to(self.home)
-        key = rng.key("crop", self.seed, step, device=self.home)
-        # 62 random bits per row: a crop position, uniform over all valid positions.
-        high = rng.random_bits(rng.subkey(key, 0), rows) & 0x3FFFFFFF
-        low = rng.random_bits(rng.subkey(key, 1), rows)
-        position = ((high << 32) | low) % self.total_positions
-        image = torch.searchsorted(self.position_ends, position, right=True)
-        local = position - self.positions_before[image]
-        top = local // self.position_widths[image]
-        left = local % self.position_widths[image]
-        width = self.widths[image]
-        start = self.offsets[image] + top * width + left
-        symmetry = (  # no draw without --augment: the one identity pattern for every row
-            rng.random_bits(rng.subkey(key, 2), rows) % len(self.patch_rows)
-            if len(self.patch_rows) > 1
-            else torch.zeros_like(rows)
-        )
-        patch_rows, patch_cols = self.patch_rows[symmetry], self.patch_cols[symmetry]
-        index = start[:, None] + patch_rows * width[:, None] + patch_cols
-        crops = self.pixels[index].view(-1, self.patch, self.patch)
-        return to_float(crops.to(self.device, non_blocking=True))
 
 
 def load(settings, root: Path, seed: int, device, first) -> Splits:

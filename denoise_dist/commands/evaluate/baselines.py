@@ -114,13 +114,9 @@ def run_classical_jobs(
             score_pending()
         progress.update(task, description=f"{caption}: {job.method}")
         start = time.perf_counter()
+        baseline, factor = classical.IMAGE_BASELINES[job.method], tuning.factors[job.method]
         try:
-            out = classical.apply_image_baseline(
-                classical.IMAGE_BASELINES[job.method],
-                image,
-                tuning.sigma,
-                tuning.factors[job.method],
-            )
+            out = classical.apply_image_baseline(baseline, image, tuning.sigma, factor)
         except classical.BaselineFailed as e:
             if job.scored:
                 failures.append({"method": job.method, "image": job.index, "error": str(e)})
