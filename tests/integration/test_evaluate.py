@@ -303,11 +303,10 @@ def test_a_folder_with_one_held_out_file_is_scored_as_a_folder(tmp_path):
     for i in range(4):
         Image.fromarray(np.roll(ramp, 9 * i, axis=1).astype(np.uint8)).save(folder / f"{i}.png")
     run = tmp_path / "run"
+    flags = "--width 8 --patch-size 16 --batch-size 8 --max-steps 2 --eval-every 2 --cpu"
     trained = run_cli(
-        "train", "--dataset", "folder", "--data-dir", str(folder), "--output-dir", str(run),
-        "--width", "8", "--patch-size", "16", "--batch-size", "8", "--max-steps", "2",
-        "--eval-every", "2", "--log-every", "2", "--checkpoint-every", "2", "--val-size", "1",
-        "--sigma", "0.1", "--cpu",
+        "train", "--dataset", "folder", "--data-dir", str(folder), "--val-size", "1",
+        "--output-dir", str(run), *flags.split(),
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr
     out = tmp_path / "eval"
