@@ -146,9 +146,9 @@ def denoise(args: argparse.Namespace) -> int:
     # Tiles keep a margin of the receptive field (plus one grid step) around what they keep.
     margin = 0 if fixed else receptive_radius(model, state.device) + downsampling(model)
 
-    mine = list(targets)[state.process_index :: state.num_processes]
+    own_files = list(targets)[state.process_index :: state.num_processes]
     done = 0
-    for source in mine:
+    for source in own_files:
         try:
             image, bits = images.read_gray(source, args.max_pixels)
         except BadImage as e:
