@@ -85,7 +85,9 @@ def load(settings, seed: int, device, first=None) -> Splits:
     return kind.load(settings, root, seed, torch.device(device), first or nullcontext)
 
 
-def load_eval_images(settings, data_dir: str | None, max_images: int | None, first=None):
+def load_eval_images(
+    settings, data_dir: str | None, max_images: int | None, first=None
+) -> EvalImages:
     """The images `evaluate` scores and tunes on, for a model trained as `settings` says:
     from `data_dir` if given; else a folder model's own folder, or else
     $DENOISE_DIST_DATA, then the root it was trained from (if still there), then ./data."""
