@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from denoise_dist import images
+from denoise_dist.commands import add_model_argument
 from denoise_dist.errors import ConfigError, UserError
 from denoise_dist.export import load_model, read_meta, resolve_model_path
 from denoise_dist.images import BadImage
@@ -29,11 +30,7 @@ DEFAULT_TILE = 512
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "model",
-        metavar="MODEL",
-        help="A run folder (its best_model.safetensors) or a .safetensors file.",
-    )
+    add_model_argument(parser)
     parser.add_argument(
         "inputs",
         metavar="INPUT",
@@ -149,9 +146,9 @@ def denoise(args: argparse.Namespace) -> int:
     # Tiles keep a margin of the receptive field (plus one grid step) around what they keep.
     margin = 0 if fixed else receptive_radius(model, state.device) + downsampling(model)
 
-    mine = list(targets)[state.process_index :: state.num_processes]
+    own_files = list(targets)[state.process_index :: state.num_processes]
     done = 0
-    for source in mine:
+    for source in own_files:
         try:
             image, bits = images.read_gray(source, args.max_pixels)
         except BadImage as e:

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from denoise_dist import classical, data, load_model
-from denoise_dist.commands.evaluate import BUILTIN_METHODS, NUM_HARDEST
+from denoise_dist.commands.evaluate.baselines import BUILTIN_METHODS
+from denoise_dist.commands.evaluate.scores import NUM_HARDEST
 from denoise_dist.config import NoiseConfig
 from denoise_dist.noise import AMOUNTS, fixed_noisy
 from tests.helpers import CONFIGS, run_cli, tiny_args
@@ -291,6 +292,42 @@ def test_a_baseline_failing_on_one_image_is_reported_and_the_rest_is_scored(tmp_
         result.stdout
     )
     assert (out / "hardest.png").is_file() and (out / "psnr_vs_sigma.png").is_file()
+
+
+def test_a_folder_with_one_held_out_file_is_scored_as_a_folder(tmp_path):
+    """One held-out file is still a folder's held-out set: noise drawn under its own tag
+    ("test/0", as for the first of several files), scored whole, named in the report."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    ramp = np.linspace(0, 255, 40 * 56).reshape(40, 56)
+    for i in range(4):
+        Image.fromarray(np.roll(ramp, 9 * i, axis=1).astype(np.uint8)).save(folder / f"{i}.png")
+    run = tmp_path / "run"
+    flags = "--width 8 --patch-size 16 --batch-size 8 --max-steps 2 --eval-every 2 --cpu"
+    trained = run_cli(
+        "train", "--dataset", "folder", "--data-dir", str(folder), "--val-size", "1",
+        "--output-dir", str(run), *flags.split(),
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr
+    out = tmp_path / "eval"
+    evaluate(run, "--sigmas", "0.2", "--baselines", "builtin", "--out", out)
+    report = json.loads((out / "eval.json").read_text())
+    [held_out] = data.folder_files(folder, 1)[1]
+    assert report["num_images"] == 1 and report["image_names"] == [held_out.name]
+    clean = np.asarray(Image.open(held_out), dtype=np.float64)[None, None] / 255
+    noisy = fixed_noisy(
+        torch.from_numpy(clean).float(), "gaussian", {"sigma": 0.2}, "test/0", report["eval_seed"]
+    )
+    with torch.no_grad():
+        denoised = load_model(run)(noisy).numpy()
+    [row] = report["results"]
+    assert row["identity"]["psnr"] == pytest.approx(
+        per_image_psnr(noisy.numpy(), clean)[0], abs=PSNR_ATOL_DB
+    )
+    assert row["model"]["psnr"] == pytest.approx(
+        per_image_psnr(denoised, clean)[0], abs=PSNR_ATOL_DB
+    )
+    assert report["hardest"]["indices"] == [0] and (out / "hardest.png").is_file()
 
 
 def test_salt_and_pepper_model_is_evaluated_on_its_own_noise(mnist_root, tmp_path):

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from denoise_dist import data
+from denoise_dist.images import find_images
 from tests.helpers import folder_settings
 
 pytestmark = pytest.mark.integration
@@ -16,7 +17,7 @@ PATCH = 32
 def test_the_held_out_files_are_fixed_and_disjoint_from_the_training_files(photo_folder):
     train, held_out = data.folder_files(photo_folder, HELD_OUT)
     assert len(held_out) == HELD_OUT and not set(train) & set(held_out)
-    assert sorted(train + held_out) == sorted(data.image_files.find_images(photo_folder, True))
+    assert sorted(train + held_out) == sorted(find_images(photo_folder, True))
     assert data.folder_files(photo_folder, HELD_OUT) == (train, held_out)  # every call
     for seed in (0, 1):  # the run's seed draws crops and noise, never the split
         splits = data.load(folder_settings(photo_folder, HELD_OUT, PATCH), seed, "cpu")

@@ -219,7 +219,7 @@ def test_tv_weight_factor_is_the_argmax_of_mean_psnr_on_the_tuning_images():
 def test_without_the_extra_the_builtin_baselines_run_and_one_line_says_how_to_add_them(
     monkeypatch,
 ):
-    from denoise_dist.commands import evaluate
+    from denoise_dist.commands.evaluate import options as evaluate
     from denoise_dist.errors import ConfigError
 
     for module in ("bm3d", "skimage", "skimage.restoration"):
@@ -236,7 +236,7 @@ def test_without_the_extra_the_builtin_baselines_run_and_one_line_says_how_to_ad
 
 def test_installed_baselines_are_all_chosen_by_default_and_groups_expand():
     extra_installed()
-    from denoise_dist.commands import evaluate
+    from denoise_dist.commands.evaluate import options as evaluate
 
     everything = ["gaussian_blur", "median3x3", "bm3d", "nl_means", "tv", "wavelet"]
     assert evaluate.chosen_baselines(None) == (everything, [])
@@ -252,14 +252,14 @@ def test_installed_baselines_are_all_chosen_by_default_and_groups_expand():
     ],
 )
 def test_baseline_caps(given, expected):
-    from denoise_dist.commands import evaluate
+    from denoise_dist.commands.evaluate import options as evaluate
 
     assert evaluate.baseline_caps(given) == expected
 
 
 @pytest.mark.parametrize("given", [["0"], ["bm3d=x"], ["median3x3=4"]])
 def test_bad_baseline_caps_are_config_errors(given):
-    from denoise_dist.commands import evaluate
+    from denoise_dist.commands.evaluate import options as evaluate
     from denoise_dist.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--max-baseline-images"):
@@ -267,7 +267,8 @@ def test_bad_baseline_caps_are_config_errors(given):
 
 
 def test_work_is_split_once_each_and_balanced_by_size():
-    from denoise_dist.commands.evaluate import Work, assign_work
+    from denoise_dist.commands.evaluate.baselines import ClassicalJob as Work
+    from denoise_dist.commands.evaluate.baselines import this_process_jobs as assign_work
 
     pixels = [1411 * 1411, 300 * 451, 303 * 384, 400 * 400, 28 * 28]
     work = [Work(m, k, True) for m in ("bm3d", "tv") for k in range(len(pixels))]

@@ -3,7 +3,8 @@ import gzip
 import pytest
 import torch
 
-from denoise_dist.data import load_split, read_idx, resolve_data_root, split_train_val
+from denoise_dist.data import load_split, resolve_data_root, split_train_val
+from denoise_dist.data.idx import read_idx
 from denoise_dist.errors import DataError
 
 

@@ -40,23 +40,23 @@ def load_folder(root: Path, device="cpu", first=None) -> data.Splits:
 
 
 def test_a_folder_larger_than_free_memory_is_refused_before_decoding(folder, monkeypatch):
-    monkeypatch.setattr(data, "bytes_available", lambda device: NEED - 1)
-    monkeypatch.setattr(data.image_files, "read_uint8", never_decode)
+    monkeypatch.setattr(data.folder, "bytes_available", lambda device: NEED - 1)
+    monkeypatch.setattr(data.folder.image_files, "read_uint8", never_decode)
     with pytest.raises(DataError, match="more than the 0.0 GiB of memory free to this job"):
         load_folder(folder)
 
 
 def test_every_process_on_the_machine_is_counted(folder, monkeypatch):
     """Four processes each read the whole folder: four times its pixels must fit."""
-    monkeypatch.setattr(data, "bytes_available", lambda device: 2 * NEED)
-    monkeypatch.setattr(data.image_files, "read_uint8", never_decode)
+    monkeypatch.setattr(data.folder, "bytes_available", lambda device: 2 * NEED)
+    monkeypatch.setattr(data.folder.image_files, "read_uint8", never_decode)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     with pytest.raises(DataError, match="for each of 4 processes on this machine"):
         load_folder(folder)
 
 
 def test_a_folder_that_fits_loads(folder, monkeypatch):
-    monkeypatch.setattr(data, "bytes_available", lambda device: NEED)
+    monkeypatch.setattr(data.folder, "bytes_available", lambda device: NEED)
     splits = load_folder(folder)
     assert splits.train.nbytes == 4 * SIDE * SIDE  # one of five files held out
 
@@ -76,7 +76,7 @@ def test_folder_loading_waits_for_no_other_process(folder):
 @pytest.mark.parametrize(("free", "home"), [(10 * NEED, "meta"), (NEED, "cpu")])
 def test_pixels_stay_on_the_device_only_below_half_its_free_memory(monkeypatch, free, home):
     """`meta` stands in for a GPU: the same choice, without one."""
-    monkeypatch.setattr(data, "bytes_available", lambda device: free)
+    monkeypatch.setattr(data.folder, "bytes_available", lambda device: free)
     pictures = [torch.zeros(SIDE, SIDE, dtype=torch.uint8) for _ in range(5)]
     crops = data.CropTrainSet(pictures, 16, 0, "meta")
     assert crops.home.type == home and crops.pixels.device.type == home
@@ -113,5 +113,5 @@ def test_cgroup_v1_without_a_limit_gives_none(tmp_path):
 
 
 def test_host_memory_counts_the_cgroup_limit(monkeypatch):
-    monkeypatch.setattr(data, "cgroup_memory_free", lambda: 12345)
+    monkeypatch.setattr(data.folder, "cgroup_memory_free", lambda: 12345)
     assert data.bytes_available(torch.device("cpu")) == 12345
